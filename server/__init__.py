@@ -1,0 +1,1 @@
+"""The hardened MLflow tracking server: configuration, auth middleware, WSGI app, gunicorn set-up."""

@@ -1,0 +1,84 @@
+"""Build the WSGI application: MLflow's tracking server behind our middleware.
+
+Order, outermost first: ProxyFix (only when proxy hops are trusted, for the client address),
+Basic auth, the route guard, MLflow. Schema migrations and the MLflow import happen here, in
+gunicorn's master when ``preload_app`` is on, so workers fork with MLflow already loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from server import config, logs, mlflow_env
+from server.auth import BasicAuthMiddleware
+from server.failures import FailureLimiter
+from server.migrate import ensure_schema
+from server.route_guard import RouteGuard
+from server.users_watch import WatchedUsers
+
+log = logging.getLogger("server.app")
+
+
+def _migrate(settings: config.Settings) -> None:
+    uris = dict.fromkeys(u for u in (settings.backend_store_uri, settings.registry_store_uri) if u)
+    for uri in uris:
+        if uri.startswith("sqlite:"):
+            path = uri.split(":///", 1)[-1]
+            if os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+        ensure_schema(uri, auto_upgrade=settings.db_auto_upgrade)
+
+
+def create_app(settings: config.Settings):
+    logs.install_redaction(settings.secret_values)
+    mlflow_env.apply(settings)
+    import mlflow  # noqa: F401 - configures MLflow's own log handler, which we then make JSON
+
+    logs.configure_python_logging(settings.log_level)
+    _migrate(settings)
+
+    from mlflow.server import app as mlflow_app
+    from mlflow.server import handlers
+
+    # Open the stores now (in the master with preload_app): the first request pays nothing.
+    handlers.initialize_backend_stores(
+        settings.backend_store_uri, settings.registry_store_uri, settings.default_artifact_root
+    )
+
+    app = RouteGuard(
+        mlflow_app.wsgi_app,
+        enable_webhooks=settings.enable_webhooks,
+        enable_gateway_proxy=bool(os.environ.get("MLFLOW_DEPLOYMENTS_TARGET")),
+    )
+    users = WatchedUsers(settings.users, settings.users_files, config.reload_users)
+    app = BasicAuthMiddleware(
+        app,
+        users=users,
+        realm=settings.realm,
+        limiter=FailureLimiter(settings.max_failures, settings.lockout_seconds),
+    )
+    if settings.trusted_proxy_hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app = ProxyFix(app, x_for=settings.trusted_proxy_hops, x_proto=0, x_host=0, x_port=0, x_prefix=0)
+    log.info(
+        "MLflow server ready: %d user(s), artifacts proxied to a %s destination",
+        len(settings.users),
+        mlflow_env.artifacts_destination(settings).split("://")[0] if "://" in settings.artifacts_destination else "local",
+    )
+    return app
+
+
+def after_fork() -> None:
+    """In each new worker: drop the database connections inherited from the master.
+
+    SQLAlchemy's advice for forked processes: ``dispose(close=False)`` so the child opens its
+    own connections and never touches (or closes) the parent's sockets.
+    """
+    from mlflow.server import handlers
+
+    for store in (handlers._tracking_store, handlers._model_registry_store):
+        engine = getattr(store, "engine", None)
+        if engine is not None:
+            engine.dispose(close=False)

@@ -1,0 +1,208 @@
+"""HTTP Basic authentication as WSGI middleware, failing closed.
+
+Replaces wsgi-basic-auth 1.1.0 rather than subclassing it: every method of that class that
+matters (credential loading, the header parser, the comparison and the path exclusions) had to
+change, so a subclass would have kept only its name.
+
+What it guarantees:
+
+* every request needs valid credentials, except ``GET``/``HEAD`` of the exact open paths
+  (``/health``): no prefix match, and the raw request target must be exactly the same path, so
+  ``/health/../api``, ``//health`` or ``/%68ealth`` are not open;
+* any malformed, non-UTF-8, oversized, repeated or non-Basic ``Authorization`` header gets the
+  same 401 with ``WWW-Authenticate: Basic realm="...", charset="UTF-8"``, never a 500;
+* passwords are compared in constant time; hashed ones (bcrypt, argon2) are verified once per
+  credential and process and then remembered by a keyed digest, so they cost no more per
+  request than plain ones;
+* unknown user names cost as much as known ones, and get the same answer;
+* a client with too many failures gets 429 for a while; other clients do not;
+* the authenticated user name is put in ``REMOTE_USER`` for the access log.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from server.failures import FailureLimiter
+from server.users import User, decoy_for, password_matches
+
+MAX_HEADER_BYTES = 4096
+OPEN_PATHS = frozenset({"/health"})
+OPEN_METHODS = frozenset({"GET", "HEAD"})
+
+
+def parse_basic(header: str | None) -> tuple[str, str] | None:
+    """Return (user, password) from an ``Authorization`` value, or None for anything unusable."""
+    if not header or len(header) > MAX_HEADER_BYTES:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "basic" or not token or " " in token or "," in token:
+        return None
+    try:
+        decoded = base64.b64decode(token.encode("ascii"), validate=True).decode("utf-8")
+    except (UnicodeError, binascii.Error, ValueError):
+        return None
+    user, sep, password = decoded.partition(":")
+    if not sep or not user or not password:
+        return None
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in decoded):
+        return None
+    return user, password
+
+
+def raw_path(environ: dict) -> str:
+    """The request target's path as sent, before any decoding."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw is None:
+        return environ.get("PATH_INFO", "")
+    return raw.split("?", 1)[0]
+
+
+class VerifiedCache:
+    """Remembers credentials already verified, by a keyed digest (never the password itself)."""
+
+    def __init__(self, max_entries: int = 1024):
+        self._key = secrets.token_bytes(32)
+        self._entries: OrderedDict[bytes, str] = OrderedDict()
+        self._max = max_entries
+        self._lock = threading.Lock()
+
+    def digest(self, user: str, password: str) -> bytes:
+        material = user.encode("utf-8") + b"\0" + password.encode("utf-8")
+        return hmac.new(self._key, material, hashlib.sha256).digest()
+
+    def contains(self, digest: bytes) -> bool:
+        with self._lock:
+            if digest in self._entries:
+                self._entries.move_to_end(digest)
+                return True
+            return False
+
+    def add(self, digest: bytes, user: str) -> None:
+        with self._lock:
+            self._entries[digest] = user
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+class BasicAuthMiddleware:
+    """Require HTTP Basic credentials for every request to ``app``.
+
+    Args:
+        app: the WSGI application to protect.
+        users: callable returning the current ``{name: User}`` table (it may change when a
+            mounted secret is rotated); must not be empty.
+        realm: the realm shown in the browser's login prompt.
+        limiter: counts failures per client address; None disables the limit.
+        open_paths: exact paths served without credentials for GET and HEAD.
+    """
+
+    def __init__(
+        self,
+        app: Callable,
+        users: Callable[[], dict[str, User]],
+        realm: str = "MLflow",
+        limiter: FailureLimiter | None = None,
+        open_paths: Iterable[str] = OPEN_PATHS,
+    ):
+        self.app = app
+        self._users = users
+        self._limiter = limiter
+        self._open_paths = frozenset(open_paths)
+        self._cache = VerifiedCache()
+        self._table: dict[str, User] | None = None
+        self._decoy: User | None = None
+        safe_realm = realm.replace("\\", "").replace('"', "")
+        self._challenge = f'Basic realm="{safe_realm}", charset="UTF-8"'
+        if not users():
+            raise ValueError("BasicAuthMiddleware needs at least one user (fail closed)")
+
+    def _current(self) -> tuple[dict[str, User], User]:
+        table = self._users()
+        if table is not self._table:  # rotated: forget what was verified against the old one
+            self._cache.clear()
+            self._decoy = decoy_for(table)
+            self._table = table
+        return table, self._decoy
+
+    def _is_open(self, environ: dict) -> bool:
+        path = environ.get("PATH_INFO", "")
+        return (
+            environ.get("REQUEST_METHOD") in OPEN_METHODS
+            and path in self._open_paths
+            and raw_path(environ) == path
+            and not environ.get("SCRIPT_NAME")
+        )
+
+    def authenticate(self, header: str | None) -> str | None:
+        """Return the user name for a valid header, else None."""
+        table, decoy = self._current()
+        parsed = parse_basic(header)
+        if parsed is None:
+            return None
+        name, password = parsed
+        digest = self._cache.digest(name, password)
+        if self._cache.contains(digest):
+            return name
+        user = table.get(name)
+        if user is None:
+            password_matches(decoy, password)  # same cost as a real check
+            return None
+        if password_matches(user, password):
+            self._cache.add(digest, name)
+            return name
+        return None
+
+    def __call__(self, environ: dict, start_response: Callable):
+        if self._is_open(environ):
+            return self.app(environ, start_response)
+        client = environ.get("REMOTE_ADDR") or "-"
+        if self._limiter is not None and (wait := self._limiter.retry_after(client)):
+            return self._refuse(start_response, wait)
+        user = self.authenticate(environ.get("HTTP_AUTHORIZATION"))
+        if user is None:
+            if self._limiter is not None:
+                self._limiter.record_failure(client)
+            return self._challenge_response(start_response)
+        if self._limiter is not None:
+            self._limiter.record_success(client)
+        environ["REMOTE_USER"] = user
+        return self.app(environ, start_response)
+
+    def _challenge_response(self, start_response: Callable):
+        body = b"401 Unauthorized: valid credentials are required.\n"
+        start_response(
+            "401 Unauthorized",
+            [
+                ("WWW-Authenticate", self._challenge),
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [body]
+
+    def _refuse(self, start_response: Callable, wait: int):
+        body = b"429 Too Many Requests: too many failed logins, try again later.\n"
+        start_response(
+            "429 Too Many Requests",
+            [
+                ("Retry-After", str(wait)),
+                ("Content-Type", "text/plain; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [body]

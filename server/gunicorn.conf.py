@@ -1,0 +1,54 @@
+# gunicorn settings for the MLflow server, in plain variables (gunicorn reads this file first).
+# Every value comes from server.config, the one place that reads configuration: a bad or
+# missing setting stops here, before gunicorn binds a port or forks a worker.
+import os
+import sys
+
+from server import logs
+from server.config import ConfigError, current_settings
+
+try:
+    settings = current_settings()
+except ConfigError as exc:
+    print(exc.report(), file=sys.stderr)
+    sys.exit(2)
+
+wsgi_app = "server.wsgi:application"
+bind = [f"{settings.host}:{settings.port}"]
+
+# gthread: a slow multi-GB upload holds one thread, not a whole worker, and the worker's
+# heartbeat keeps running, so `timeout` never cuts a long transfer.
+worker_class = "gthread"
+workers = settings.workers
+threads = settings.threads
+timeout = 60
+# Cloud Run sends SIGTERM and kills 10 s later: finish in-flight requests within 8 s.
+graceful_timeout = 8
+keepalive = 30
+# Import MLflow and migrate the schema once in the master; workers fork ready to serve.
+preload_app = True
+
+# Read-only root filesystem: heartbeat files in memory, no control socket to create.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+control_socket_disable = True
+
+# X-Forwarded-Proto and friends are trusted only from these peers (Cloud Run: '*').
+forwarded_allow_ips = settings.forwarded_allow_ips
+
+# Request line and header limits: MLflow's GET APIs carry filters in the query string.
+limit_request_line = 8190
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+# One JSON line per request (user, status, latency) and JSON error logs, secrets redacted.
+logger_class = "server.logs.GunicornLogger"
+accesslog = "-"
+errorlog = "-"
+loglevel = settings.log_level
+logs.install_redaction(settings.secret_values)
+
+
+def post_fork(server, worker):
+    from server.app import after_fork
+
+    after_fork()

@@ -1,0 +1,80 @@
+"""Keeps the users table in step with its mounted secret files.
+
+Cloud Run secret volumes (with ``latest``) and compose secrets can change under a running server.
+When one of the files the users came from changes, the table is read again through ``reload``;
+if that fails (file removed, emptied, malformed) the error is logged without any value and the
+last good table stays in force, so a bad rotation never takes the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from server.users import User
+
+log = logging.getLogger("server.users")
+
+
+def _signature(paths: tuple[str, ...]) -> tuple:
+    sig = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            sig.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            sig.append(None)
+    return tuple(sig)
+
+
+class WatchedUsers:
+    """Args:
+    initial: the table read at start-up.
+    paths: the files it was read from (empty: nothing to watch).
+    reload: reads the table again; raises on a problem.
+    interval: seconds between two looks at the files.
+    """
+
+    def __init__(
+        self,
+        initial: dict[str, User],
+        paths: tuple[str, ...],
+        reload: Callable[[], dict[str, User]],
+        interval: float = 2.0,
+        clock=time.monotonic,
+    ):
+        self._table = initial
+        self._paths = paths
+        self._reload = reload
+        self._interval = interval
+        self._clock = clock
+        self._signature = _signature(paths)
+        self._next_look = clock() + interval
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dict[str, User]:
+        if self._paths and self._clock() >= self._next_look:
+            self._maybe_reload()
+        return self._table
+
+    def _maybe_reload(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # another thread is looking
+        try:
+            self._next_look = self._clock() + self._interval
+            signature = _signature(self._paths)
+            if signature == self._signature:
+                return
+            self._signature = signature
+            try:
+                table = self._reload()
+            except Exception as exc:  # noqa: BLE001 - keep serving with the last good table
+                log.error("users secret changed but cannot be used; keeping the previous users: %s", exc)
+                return
+            self._table = table
+            log.info("users secret changed; %d user(s) now configured", len(table))
+        finally:
+            self._lock.release()

@@ -1,0 +1,139 @@
+"""Session-wide real services. Under CI=true a missing service fails the test; elsewhere it skips."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from tests.services import (
+    ROOT,
+    GcsEmulator,
+    Missing,
+    Postgres,
+    S3Server,
+    SecretManagerStandIn,
+    Server,
+)
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+OUTPUT = ROOT / "test-output"
+
+# Test users: one plain, one bcrypt-hashed (htpasswd -B style), one from WSGI_AUTH_CREDENTIALS.
+ALICE = ("alice", "alice-Pl41n-password")
+BOB = ("bob", "bob-h4shed-password")
+CAROL = ("carol", "carol-l3gacy-password")
+BOB_HASH = bcrypt.hashpw(BOB[1].encode(), bcrypt.gensalt(rounds=10)).decode()
+USERS_FILE = f"# test users\n{ALICE[0]}:{ALICE[1]}\n{BOB[0]}:{BOB_HASH}\n"
+ALL_PASSWORDS = (ALICE[1], BOB[1], CAROL[1], Postgres.password, S3Server.secret_key)
+
+
+def need(fn, *args):
+    """Start a service; under CI a missing one is a failure, elsewhere a skip."""
+    try:
+        return fn(*args)
+    except Missing as exc:
+        if IN_CI:
+            pytest.fail(f"required test service unavailable: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    # Postgres runs as the postgres user: the folder must be reachable by it, unlike pytest's
+    # private tmp folder.
+    path = Path(tempfile.mkdtemp(prefix="mlflow-tests-"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def output_dir():
+    OUTPUT.mkdir(exist_ok=True)
+    return OUTPUT
+
+
+@pytest.fixture(scope="session")
+def postgres(workdir):
+    pg = Postgres(workdir)
+
+    def up():
+        pg.init()
+        pg.start()
+        return pg
+
+    need(up)
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs(workdir):
+    emulator = GcsEmulator(workdir)
+    need(emulator.start)
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(workdir):
+    server = S3Server(workdir)
+    need(server.start)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def secret_manager():
+    stand_in = SecretManagerStandIn()
+    stand_in.start()
+    yield stand_in
+    stand_in.stop()
+
+
+def gcs_server_config(postgres: Postgres, gcs: GcsEmulator, database: str, prefix: str = "artifacts"):
+    """(env, secrets) for a production-like server: Postgres + GCS, secrets as files."""
+    uri = postgres.create_database(database)
+    env = {**gcs.env(), "MLFLOW_AUTH_MAX_FAILURES": "100000", "WSGI_AUTH_CREDENTIALS": f"{CAROL[0]}:{CAROL[1]}"}
+    secrets = {
+        "mlflow_backend_store_uri": uri,
+        "mlflow_artifacts_destination": f"gs://{gcs.bucket}/{prefix}",
+        "mlflow_auth_users": USERS_FILE,
+    }
+    return env, secrets
+
+
+@pytest.fixture(scope="session")
+def gcs_server(workdir, postgres, gcs):
+    env, secrets = gcs_server_config(postgres, gcs, "mlflow_gcs")
+    server = Server(workdir / "server-gcs", env, secrets)
+    server.start()
+    yield server
+    server.stop()
+    (OUTPUT).mkdir(exist_ok=True)
+    shutil.copy(server.log, OUTPUT / "server-gcs.log")
+
+
+@pytest.fixture(scope="session")
+def s3_server(workdir, postgres, s3):
+    uri = postgres.create_database("mlflow_s3")
+    env = {"MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "MLFLOW_AUTH_MAX_FAILURES": "100000"}
+    secrets = {
+        # compose-style file names; Postgres URI pasted as postgresql+psycopg2://
+        "mlflow_backend_store_uri": uri.replace("postgresql://", "postgresql+psycopg2://"),
+        "mlflow_artifacts_destination": f"s3://{s3.bucket}/artifacts",
+        "mlflow_auth_users": USERS_FILE,
+        "aws_access_key_id": s3.access_key,
+        "aws_secret_access_key": s3.secret_key,
+    }
+    server = Server(workdir / "server-s3", env, secrets)
+    server.start()
+    yield server
+    server.stop()
+    OUTPUT.mkdir(exist_ok=True)
+    shutil.copy(server.log, OUTPUT / "server-s3.log")

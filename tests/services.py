@@ -1,0 +1,366 @@
+"""Real services for the tests, each a process on 127.0.0.1 stopped by the test session:
+PostgreSQL, the GCS emulator, an S3 endpoint (moto's server), a Secret Manager stand-in,
+and our server started exactly as the container starts it (``entry-point.sh``).
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from contextlib import closing
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+IS_ROOT = os.geteuid() == 0
+
+
+class Missing(Exception):
+    """A service the tests need cannot be started on this machine."""
+
+
+def free_port() -> int:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-3000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode} while starting:\n{tail}")
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    tail = log.read_text()[-3000:] if log and log.exists() else ""
+    raise RuntimeError(f"{what} did not come up within {timeout}s\n{tail}")
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 15) -> int | None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    return proc.returncode
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def postgres_bindir() -> Path:
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if os.path.exists(os.path.join(candidate, "initdb")):
+            return Path(candidate)
+    raise Missing("PostgreSQL server binaries (initdb) not found; install the postgresql package")
+
+
+class Postgres:
+    """A throw-away cluster on a free loopback port, run as the postgres user when we are root."""
+
+    user = "mlflow"
+    password = "pg-S3cret-pw"
+
+    def __init__(self, workdir: Path):
+        self.bindir = postgres_bindir()
+        self.dir = workdir / "pgdata"
+        self.port = free_port()
+        self.log = workdir / "postgres.log"
+        self.proc: subprocess.Popen | None = None
+
+    def _as_owner(self, args: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *args] if IS_ROOT else args
+
+    def init(self) -> None:
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        pwfile = self.dir.parent / "pg-superuser-pw"
+        pwfile.write_text(self.password)
+        if IS_ROOT:
+            shutil.chown(self.dir.parent, "postgres")
+            shutil.chown(pwfile, "postgres")
+            os.chmod(self.dir.parent, 0o755)
+        subprocess.run(
+            self._as_owner([
+                str(self.bindir / "initdb"), "-D", str(self.dir), "-U", self.user,
+                f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8", "--no-sync",
+            ]),
+            check=True, capture_output=True,
+        )
+        pwfile.unlink()
+
+    def start(self) -> None:
+        args = self._as_owner([
+            str(self.bindir / "postgres"), "-D", str(self.dir), "-p", str(self.port),
+            "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.dir}",
+            "-c", "fsync=off", "-c", "max_connections=300", "-c", "shared_buffers=64MB",
+        ])
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        wait_for(self._ready, 30, "postgres", self.proc, self.log)
+
+    def _ready(self) -> bool:
+        import psycopg2
+
+        psycopg2.connect(self.dsn("postgres")).close()
+        return True
+
+    def stop(self, fast: bool = True) -> None:
+        if self.proc is not None:
+            stop(self.proc, signal.SIGINT if fast else signal.SIGTERM, timeout=30)
+            self.proc = None
+
+    def dsn(self, database: str) -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn("postgres"))
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(f'CREATE DATABASE "{name}"')
+        conn.close()
+        return self.dsn(name)
+
+    def query(self, database: str, sql: str, params=()) -> list[tuple]:
+        import psycopg2
+
+        conn = psycopg2.connect(self.dsn(database))
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+
+# ---------------------------------------------------------------- object stores
+
+
+class GcsEmulator:
+    """gcp-storage-emulator over HTTP; clients find it through STORAGE_EMULATOR_HOST."""
+
+    def __init__(self, workdir: Path, bucket: str = "mlflow-test"):
+        self.port = free_port()
+        self.bucket = bucket
+        self.log = workdir / "gcs-emulator.log"
+        self.proc = None
+
+    @property
+    def host(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = VENV_BIN / "gcp-storage-emulator"
+        if not exe.exists():
+            raise Missing("gcp-storage-emulator is not installed in the test venv")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(exe), "start", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--in-memory", "--default-bucket", self.bucket],
+                stdout=log, stderr=log, start_new_session=True,
+            )
+        wait_for(lambda: requests.get(f"{self.host}/storage/v1/b", timeout=2).ok, 30,
+                 "gcs emulator", self.proc, self.log)
+
+    def stop(self) -> None:
+        if self.proc:
+            stop(self.proc)
+
+    def env(self) -> dict[str, str]:
+        return {"STORAGE_EMULATOR_HOST": self.host, "GOOGLE_CLOUD_PROJECT": "test-project",
+                "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9"}
+
+    def list_objects(self, prefix: str = "") -> list[str]:
+        url = f"{self.host}/storage/v1/b/{self.bucket}/o"
+        names, token = [], None
+        while True:
+            params = {"prefix": prefix, **({"pageToken": token} if token else {})}
+            data = requests.get(url, params=params, timeout=10).json()
+            names += [item["name"] for item in data.get("items", [])]
+            token = data.get("nextPageToken")
+            if not token:
+                return names
+
+
+class S3Server:
+    """moto's standalone server: a real S3 API over HTTP."""
+
+    access_key = "test-access-key"
+    secret_key = "test-S3-secret-key"
+
+    def __init__(self, workdir: Path, bucket: str = "mlflow-test"):
+        self.port = free_port()
+        self.bucket = bucket
+        self.log = workdir / "moto.log"
+        self.proc = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = VENV_BIN / "moto_server"
+        if not exe.exists():
+            raise Missing("moto_server is not installed in the test venv")
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdout=log, stderr=log, start_new_session=True)
+        wait_for(lambda: requests.get(f"{self.endpoint}/moto-api/", timeout=2).status_code < 500,
+                 30, "moto server", self.proc, self.log)
+        self.client().create_bucket(Bucket=self.bucket)
+
+    def stop(self) -> None:
+        if self.proc:
+            stop(self.proc)
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
+                            aws_secret_access_key=self.secret_key, region_name="us-east-1")
+
+    def list_objects(self, prefix: str = "") -> list[str]:
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
+
+
+# ---------------------------------------------------------------- Secret Manager stand-in
+
+
+class SecretManagerStandIn:
+    """Serves Secret Manager's REST ``versions:access`` call from a dict, like the real API."""
+
+    def __init__(self):
+        self.secrets: dict[str, str] = {}
+        self.requests: list[str] = []
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = self.path.split("?", 1)[0]
+                stand_in.requests.append(path)
+                prefix, suffix = "/v1/", ":access"
+                name = path[len(prefix):-len(suffix)] if path.startswith(prefix) and path.endswith(suffix) else None
+                if name is None or name not in stand_in.secrets:
+                    body = json.dumps({"error": {"code": 404, "status": "NOT_FOUND",
+                                                 "message": f"Secret [{name}] not found"}}).encode()
+                    self.send_response(404)
+                else:
+                    data = base64.b64encode(stand_in.secrets[name].encode()).decode()
+                    body = json.dumps({"name": name, "payload": {"data": data}}).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+
+
+# ---------------------------------------------------------------- our server
+
+
+def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A clean environment: PATH and HOME only, as a container gets, plus what the test sets."""
+    env = {
+        "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "PYTHON": sys.executable,
+    }
+    env.update(extra or {})
+    return env
+
+
+class Server:
+    """Our server started with ``entry-point.sh``, configured through secret files."""
+
+    def __init__(self, workdir: Path, env: dict[str, str], secrets: dict[str, str] | None = None,
+                 args: list[str] | None = None, port: int | None = None):
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.log = workdir / "server.log"
+        self.secrets_dir = workdir / "secrets"
+        self.secrets_dir.mkdir(exist_ok=True)
+        for name, value in (secrets or {}).items():
+            self.write_secret(name, value)
+        self.env = base_env({"PORT": str(self.port), "MLFLOW_HOST": "127.0.0.1",
+                             "MLFLOW_SECRETS_DIR": str(self.secrets_dir), "TMPDIR": str(workdir), **env})
+        self.args = args or []
+        self.proc: subprocess.Popen | None = None
+
+    def write_secret(self, name: str, value: str) -> Path:
+        path = self.secrets_dir / name
+        path.write_text(value + "\n")  # as `echo value > file` writes it
+        return path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True, timeout: float = 90) -> Server:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([str(ROOT / "entry-point.sh"), *self.args], env=self.env,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         cwd=self.workdir)
+        if wait:
+            self.wait_healthy(timeout)
+        return self
+
+    def wait_healthy(self, timeout: float = 90) -> None:
+        wait_for(lambda: urllib.request.urlopen(f"{self.url}/health", timeout=2).status == 200,
+                 timeout, "server", self.proc, self.log)
+
+    def run_to_exit(self, timeout: float = 60) -> tuple[int, str]:
+        result = subprocess.run([str(ROOT / "entry-point.sh"), *self.args], env=self.env, cwd=self.workdir,
+                                capture_output=True, text=True, timeout=timeout)
+        return result.returncode, result.stdout + result.stderr
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        return stop(self.proc, sig, timeout)
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
