@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Re-create the pinned, hashed dependency locks from requirements.in and requirements-dev.in.
+#   scripts/lock.sh            (needs pip-tools: .venv/bin/pip install pip-tools)
+# requirements.txt gets mlflow itself appended with --no-deps semantics: it is installed with
+# `pip install --no-deps --require-hashes`, so its heavy optional dependencies never land.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+python=${PYTHON:-.venv/bin/python}
+mlflow_version=3.17.2
+
+compile() {
+	# ignore machine-local pip configuration (extra indexes, wheel folders): lock from PyPI only
+	PIP_CONFIG_FILE=/dev/null "$python" -m piptools compile --quiet --resolver=backtracking \
+		--strip-extras --allow-unsafe "$@"
+}
+
+compile --generate-hashes --output-file requirements.txt requirements.in
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+PIP_CONFIG_FILE=/dev/null "$python" -m pip download --quiet --no-deps --only-binary=:all: \
+	-d "$tmp" "mlflow==${mlflow_version}"
+{
+	printf '# mlflow itself (server code and UI), installed without its data-science dependencies\n'
+	printf 'mlflow==%s \\\n' "$mlflow_version"
+	for whl in "$tmp"/*.whl; do
+		printf '    --hash=sha256:%s\n' "$(sha256sum "$whl" | cut -d' ' -f1)"
+	done
+} >>requirements.txt
+compile --output-file requirements-dev.txt requirements-dev.in
