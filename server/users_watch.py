@@ -69,6 +69,11 @@ class WatchedUsers:
             if signature == self._signature:
                 return
             self._signature = signature
+            missing = [p for p, sig in zip(self._paths, signature, strict=True) if sig is None]
+            if missing:
+                # a removed secret is a broken rotation, not "no users from this source"
+                log.error("users secret file %s is missing; keeping the previous users", ", ".join(missing))
+                return
             try:
                 table = self._reload()
             except Exception as exc:  # noqa: BLE001 - keep serving with the last good table

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create or refresh .venv from the locks: the server's hashed runtime lock (installed exactly as
+# the image installs it), then the pinned test and development tools on top.
+# Idempotent: skipped when the locks have not changed since the last run.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+venv=${VENV:-.venv}
+stamp="$venv/.locks.sha256"
+want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+	exit 0
+fi
+python=${PYTHON_FOR_VENV:-python3}
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r requirements.txt
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+echo "$want" >"$stamp"

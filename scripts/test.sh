@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command (README): prepares .venv when needed, checks style, runs the whole suite.
+#   scripts/test.sh                 everything
+#   scripts/test.sh -m reliability  one group (markers are listed in pyproject.toml)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/setup-venv.sh
+.venv/bin/ruff check server tests bench scripts 2>/dev/null || .venv/bin/ruff check server tests
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,94 @@
+"""Operations: JSON logs without secrets, graceful SIGTERM, users rotated under a running server."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import requests
+
+from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, gcs_server_config
+from tests.services import Server
+
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+def test_logs_are_json_and_hold_no_secret(gcs_server):
+    # a failed login with a password-looking value, a good one, and an error from MLflow
+    requests.get(gcs_server.url + SEARCH, auth=(ALICE[0], "Wr0ng-but-s3cret"), timeout=10)
+    requests.get(gcs_server.url + SEARCH, auth=ALICE, timeout=10)
+    requests.get(gcs_server.url + "/api/2.0/mlflow/runs/get?run_id=nope", auth=ALICE, timeout=10)
+    text = gcs_server.logs()
+    for line in text.splitlines():
+        entry = json.loads(line)  # every line is one JSON object
+        assert entry["severity"] in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+    for secret in (*ALL_PASSWORDS, "Wr0ng-but-s3cret", BOB_HASH):
+        assert secret not in text
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_exits_0(tmp_path, postgres, gcs):
+    env, secrets = gcs_server_config(postgres, gcs, "mlflow_sigterm")
+    server = Server(tmp_path, env, secrets).start()
+    results = {}
+
+    def slow_upload():
+        # a 40 MB body trickled in slowly, still in flight when SIGTERM arrives
+        def body():
+            for _ in range(40):
+                yield b"x" * (1024 * 1024)
+                time.sleep(0.05)
+
+        try:
+            r = requests.put(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/sigterm/big.bin", data=body(),
+                             auth=ALICE, timeout=60)
+            results["upload"] = r.status_code
+        except requests.RequestException as exc:
+            results["upload"] = repr(exc)
+
+    t = threading.Thread(target=slow_upload)
+    t.start()
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    try:
+        refused = requests.get(server.url + SEARCH, auth=ALICE, timeout=5).status_code
+    except requests.ConnectionError:
+        refused = "connection refused"
+    t.join(30)
+    code = server.proc.wait(15)
+    assert results.get("upload") == 200, results
+    assert refused == "connection refused"
+    assert code == 0
+
+
+def test_rotated_users_file_is_used_and_a_removed_one_keeps_the_server_up(tmp_path, postgres, gcs):
+    env, secrets = gcs_server_config(postgres, gcs, "mlflow_rotate")
+    server = Server(tmp_path, env, secrets).start()
+    try:
+        assert requests.get(server.url + SEARCH, auth=ALICE, timeout=10).status_code == 200
+        server.write_secret("mlflow_auth_users", f"{ALICE[0]}:rotated-Passw0rd\n{BOB[0]}:{BOB_HASH}")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if requests.get(server.url + SEARCH, auth=(ALICE[0], "rotated-Passw0rd"), timeout=10).status_code == 200:
+                break
+            time.sleep(0.5)
+        assert requests.get(server.url + SEARCH, auth=(ALICE[0], "rotated-Passw0rd"), timeout=10).status_code == 200
+        assert requests.get(server.url + SEARCH, auth=ALICE, timeout=10).status_code == 401
+
+        (server.secrets_dir / "mlflow_auth_users").unlink()
+        time.sleep(3)
+        for _ in range(4):  # every worker notices, logs, and keeps the last good users
+            assert requests.get(server.url + SEARCH, auth=BOB, timeout=10).status_code == 200
+        assert server.proc.poll() is None
+        assert "is missing; keeping the previous users" in server.logs()
+        assert "rotated-Passw0rd" not in server.logs()
+
+        # a new instance started now fails closed, clearly
+        env.pop("WSGI_AUTH_CREDENTIALS")
+        code, out = Server(tmp_path / "new", env, {k: v for k, v in secrets.items()
+                                                   if k != "mlflow_auth_users"}).run_to_exit()
+        assert code == 2 and "MLFLOW_AUTH_USERS: no users are configured" in out
+    finally:
+        server.stop()
