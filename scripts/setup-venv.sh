@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 venv=${VENV:-.venv}
 stamp="$venv/.locks.sha256"
-want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+# RUNTIME_ONLY=1: the server's runtime lock only (what scripts/run-local.sh needs)
+locks=(requirements.txt)
+[ -n "${RUNTIME_ONLY:-}" ] || locks+=(requirements-dev.txt)
+want=$(cat "${locks[@]}" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
 	exit 0
 fi
@@ -14,5 +17,5 @@ python=${PYTHON_FOR_VENV:-python3}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r requirements.txt
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+[ -n "${RUNTIME_ONLY:-}" ] || "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 echo "$want" >"$stamp"
