@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The hardened MLflow tracking server image.
 #   docker build -t mlflow-server .
 #   docker build --build-arg BASE_IMAGE=debian:trixie-slim@sha256:... .   (release: pin by digest)
