@@ -1,0 +1,178 @@
+"""The real image: built from our Dockerfile, inspected, and run hardened against the real
+Postgres and GCS emulator, with secrets mounted as files the way Cloud Run mounts them."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import tarfile
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.conftest import ALICE, ALL_PASSWORDS, BOB, USERS_FILE, need
+from tests.container import build_image, inspect, run_in_image, start_container
+from tests.test_training_flow import check_flow
+
+pytestmark = pytest.mark.container
+
+MAX_IMAGE_BYTES = 350 * 1000 * 1000
+UID = 10001
+
+
+@pytest.fixture(scope="session")
+def image():
+    return need(build_image)
+
+
+def cloud_run_secrets(tmp_path, backend_uri: str) -> tuple[dict, dict]:
+    """Secrets as Cloud Run mounts them (one secret per folder), pointed at by NAME_FILE."""
+    (tmp_path / "db").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "users").mkdir(exist_ok=True)
+    (tmp_path / "db" / "uri").write_text(backend_uri + "\n")
+    (tmp_path / "users" / "htpasswd").write_text(USERS_FILE)
+    for path in (tmp_path / "db" / "uri", tmp_path / "users" / "htpasswd"):
+        path.chmod(0o444)  # the container's user (10001) is not the files' owner
+    files = {"/secrets/db/uri": tmp_path / "db" / "uri", "/secrets/users/htpasswd": tmp_path / "users" / "htpasswd"}
+    env = {"MLFLOW_BACKEND_STORE_URI_FILE": "/secrets/db/uri", "MLFLOW_AUTH_USERS_FILE": "/secrets/users/htpasswd"}
+    return env, files
+
+
+def test_image_size_user_and_no_build_tools(image):
+    info = inspect(image)
+    assert info["Size"] <= MAX_IMAGE_BYTES, f"image is {info['Size'] / 1e6:.0f} MB"
+    print(f"\nimage size: {info['Size'] / 1e6:.0f} MB")
+    assert info["Config"]["User"] == f"{UID}:{UID}"
+    who = run_in_image(image, "id -u; id -g")
+    assert who.stdout.split() == [str(UID), str(UID)], who
+    tools = run_in_image(image, "for t in pip pip3 gcc cc c++ make apt-get-never; do command -v $t; done; "
+                                "python3 -c 'import pip' 2>/dev/null && echo pip-module; "
+                                "/opt/venv/bin/python -c 'import pip' 2>/dev/null && echo venv-pip; "
+                                "ls /var/lib/apt/lists /var/cache/apt/archives 2>/dev/null | grep -v -e '^/' -e '^$' -e partial -e lock")
+    assert tools.stdout.strip() == "", tools.stdout
+
+
+def test_image_metadata(image):
+    config = inspect(image)["Config"]
+    labels = config["Labels"]
+    for key in ("source", "version", "revision"):
+        assert labels.get(f"org.opencontainers.image.{key}"), key
+    assert labels["org.opencontainers.image.revision"] == "test"
+    assert config["Entrypoint"] == ["/app/entry-point.sh"]
+    assert "8080/tcp" in config["ExposedPorts"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["PORT"] == "8080"
+    assert env["MLFLOW_DISABLE_TELEMETRY"] == "true" and env["DO_NOT_TRACK"] == "true"
+    assert config["Healthcheck"]["Test"][0] == "CMD"
+
+
+KEY_PATTERNS = [
+    # a PEM private key with its body (parsers that only name the marker do not match)
+    re.compile(rb"-----BEGIN (RSA |EC |OPENSSH |DSA |ENCRYPTED )?PRIVATE KEY-----(\\n|\s)+[A-Za-z0-9+/=]{60}"),
+    # (also inside a service-account key JSON, where newlines are written \n)
+    re.compile(rb"AKIA(?![0-9A-Z]{9}EXAMPLE)[0-9A-Z]{16}"),  # AWS access key ids, not AWS's doc examples
+]
+SECRET_NAMES = re.compile(r"(^|/)(\.env|id_rsa|id_ed25519|\.netrc|\.pypirc|credentials\.json|.*\.pem\.key|htpasswd)$")
+
+
+def test_no_secret_in_any_layer(image, tmp_path):
+    archive = tmp_path / "image.tar"
+    subprocess.run(["docker", "save", "-o", str(archive), image], check=True, timeout=300)
+    findings, scanned = [], 0
+    known = [p.encode() for p in ALL_PASSWORDS]
+    with tarfile.open(archive) as outer:
+        for member in outer.getmembers():
+            if not member.name.endswith("layer.tar") and not member.name.startswith("blobs/"):
+                continue
+            data = outer.extractfile(member)
+            if data is None:
+                continue
+            try:
+                layer = tarfile.open(fileobj=io.BytesIO(data.read()))
+                entries = layer.getmembers()
+            except tarfile.TarError:
+                continue  # a config or manifest blob, not a layer
+            for entry in entries:
+                if not entry.isfile():
+                    continue
+                if SECRET_NAMES.search(entry.name):
+                    findings.append(f"{member.name}: {entry.name}")
+                if entry.size > 2_000_000:
+                    continue
+                content = layer.extractfile(entry).read()
+                scanned += 1
+                if any(p.search(content) for p in KEY_PATTERNS) or any(k in content for k in known):
+                    findings.append(f"{member.name}: {entry.name}")
+    print(f"\nscanned {scanned} files in the image's layers")
+    assert scanned > 1000
+    assert findings == [], "\n".join(findings)
+
+
+def test_training_flow_through_the_hardened_container(image, tmp_path, postgres, gcs):
+    uri = postgres.create_database("mlflow_container")
+    env, files = cloud_run_secrets(tmp_path, uri)
+    env.update(gcs.env())
+    env["MLFLOW_ARTIFACTS_DESTINATION"] = f"gs://{gcs.bucket}/container"
+    running = start_container(image, env, files)
+    try:
+        print(f"\ncontainer start to healthy: {running.startup_seconds:.1f}s")
+        check_flow(running, ALICE, lambda: gcs.list_objects("container/"))
+        logs = running.logs()
+        for secret in ALL_PASSWORDS:
+            assert secret not in logs
+        assert '"user": "alice"' in logs
+    finally:
+        code = running.stop()
+        running.remove()
+    assert code == 0
+
+
+def test_sigterm_during_upload_then_a_healthy_restart(image, tmp_path, postgres, gcs):
+    uri = postgres.create_database("mlflow_container_stop")
+    env, files = cloud_run_secrets(tmp_path, uri)
+    env.update(gcs.env())
+    env["MLFLOW_ARTIFACTS_DESTINATION"] = f"gs://{gcs.bucket}/stop"
+    running = start_container(image, env, files)
+    result = {}
+
+    def upload():
+        def body():
+            for _ in range(64):
+                yield b"y" * (512 * 1024)
+                time.sleep(0.02)
+
+        try:
+            r = requests.put(f"{running.url}/api/2.0/mlflow-artifacts/artifacts/stop/big.bin", data=body(),
+                             auth=BOB, timeout=60)
+            result["status"] = r.status_code
+        except requests.RequestException as exc:
+            result["status"] = type(exc).__name__
+
+    t = threading.Thread(target=upload)
+    t.start()
+    time.sleep(0.4)
+    code = running.stop(timeout=10)
+    t.join(30)
+    running.remove()
+    # completed, or failed cleanly (connection closed), never a half-written object listed
+    assert result["status"] in (200, "ConnectionError", "ChunkedEncodingError"), result
+    stored = [n for n in gcs.list_objects("stop/") if n.endswith("big.bin")]
+    if result["status"] == 200:
+        assert stored
+        size = int(requests.get(f"{gcs.host}/storage/v1/b/{gcs.bucket}/o/{stored[0].replace('/', '%2F')}",
+                                timeout=10).json()["size"])
+        assert size == 64 * 512 * 1024
+    else:
+        assert stored == []
+    assert code == 0
+
+    again = start_container(image, env, files, port=running.port)
+    try:
+        r = requests.get(f"{again.url}/api/2.0/mlflow/experiments/search?max_results=1", auth=ALICE, timeout=10)
+        assert r.status_code == 200
+    finally:
+        again.stop()
+        again.remove()
