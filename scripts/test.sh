@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-venv.sh
-.venv/bin/ruff check server tests bench scripts 2>/dev/null || .venv/bin/ruff check server tests
+.venv/bin/ruff check server tests bench
 exec .venv/bin/python -m pytest "$@"

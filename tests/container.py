@@ -87,7 +87,7 @@ class Running:
     def remove(self) -> None:
         try:
             self.container.get_wrapped_container().remove(force=True)
-        except Exception:  # noqa: BLE001 - already gone
+        except Exception:  # already gone
             pass
 
 

@@ -1,0 +1,38 @@
+"""Shared helpers for the benchmarks: the same real services the tests use, and statistics."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.services import GcsEmulator, Postgres  # noqa: E402
+
+USER = ("bench", "bench-Passw0rd-123")
+
+
+def services(workdir: Path | None = None):
+    """Start Postgres and the GCS emulator in a fresh folder; caller stops them."""
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="mlflow-bench-"))
+    workdir.chmod(0o755)
+    pg = Postgres(workdir)
+    pg.init()
+    pg.start()
+    gcs = GcsEmulator(workdir)
+    gcs.start()
+    return workdir, pg, gcs
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
