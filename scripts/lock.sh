@@ -10,7 +10,8 @@ mlflow_version=3.17.2
 
 compile() {
 	# ignore machine-local pip configuration (extra indexes, wheel folders): lock from PyPI only
-	PIP_CONFIG_FILE=/dev/null "$python" -m piptools compile --quiet --resolver=backtracking \
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null "$python" -m piptools compile --quiet --resolver=backtracking \
+		--no-emit-find-links \
 		--strip-extras --allow-unsafe "$@"
 }
 
