@@ -1,7 +1,7 @@
 """Build the WSGI application: MLflow's tracking server behind our middleware.
 
 Order, outermost first: ProxyFix (only when proxy hops are trusted, for the client address),
-Basic auth, the route guard, MLflow. Schema migrations and the MLflow import happen here, in
+Basic auth, the route guard, the UI's missing endpoints, MLflow. Schema migrations and the MLflow import happen here, in
 gunicorn's master when ``preload_app`` is on, so workers fork with MLflow already loaded.
 """
 
@@ -15,6 +15,7 @@ from server.auth import BasicAuthMiddleware
 from server.failures import FailureLimiter
 from server.migrate import ensure_schema
 from server.route_guard import RouteGuard
+from server.ui_compat import UiCompat
 from server.users_watch import WatchedUsers
 
 log = logging.getLogger("server.app")
@@ -47,7 +48,7 @@ def create_app(settings: config.Settings):
     )
 
     app = RouteGuard(
-        mlflow_app.wsgi_app,
+        UiCompat(mlflow_app.wsgi_app),
         enable_webhooks=settings.enable_webhooks,
         enable_gateway_proxy=bool(os.environ.get("MLFLOW_DEPLOYMENTS_TARGET")),
     )

@@ -55,6 +55,11 @@ def train(name: str, out: Path) -> None:
         info = mlflow.sklearn.log_model(model, name="model", registered_model_name=name,
                                         input_example=X[:2])
 
+    with mlflow.start_run(run_name="train-2") as second:
+        mlflow.log_param("C", 0.5)
+        for step in range(5):
+            mlflow.log_metric("loss", 2.0 / (step + 1), step=step)
+
     version = info.registered_model_version
     client.set_registered_model_alias(name, "champion", version)
     client.set_model_version_tag(name, version, "stage", "prod")
@@ -70,6 +75,8 @@ def train(name: str, out: Path) -> None:
     runs = mlflow.search_runs(experiment_ids=[experiment_id], filter_string="params.C = '1.0'")
     result = {
         "run_id": run_id,
+        "second_run_id": second.info.run_id,
+        "experiment_id": experiment_id,
         "artifact_uri": run.info.artifact_uri,
         "params": run.data.params,
         "metrics": run.data.metrics,
