@@ -28,3 +28,18 @@ PIP_CONFIG_FILE=/dev/null "$python" -m pip download --quiet --no-deps --only-bin
 	done
 } >>requirements.txt
 compile --output-file requirements-dev.txt requirements-dev.in
+# the runtime lock's pins win: drop their entries (and "# via" lines) from the dev lock
+"$python" - <<'PY'
+import re
+runtime = {m.group(1).lower() for m in re.finditer(r"^([A-Za-z0-9_.-]+)==", open("requirements.txt").read(), re.M)}
+out, skip = [], False
+for line in open("requirements-dev.txt").read().splitlines():
+    name = re.match(r"^([A-Za-z0-9_.-]+)==", line)
+    if name:
+        skip = name.group(1).lower() in runtime
+    elif not line.startswith(" "):
+        skip = False
+    if not skip:
+        out.append(line)
+open("requirements-dev.txt", "w").write("\n".join(out) + "\n")
+PY

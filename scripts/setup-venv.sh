@@ -17,5 +17,6 @@ python=${PYTHON_FOR_VENV:-python3}
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r requirements.txt
-[ -n "${RUNTIME_ONLY:-}" ] || "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+# --no-deps: the dev lock is complete, and must not replace the runtime lock's pins (gunicorn 27)
+[ -n "${RUNTIME_ONLY:-}" ] || "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-dev.txt
 echo "$want" >"$stamp"

@@ -42,6 +42,9 @@ def create_app(settings: config.Settings):
     from mlflow.server import app as mlflow_app
     from mlflow.server import handlers
 
+    from server import artifact_streaming
+
+    artifact_streaming.install()  # before any artifact repository is created
     # Open the stores now (in the master with preload_app): the first request pays nothing.
     handlers.initialize_backend_stores(
         settings.backend_store_uri, settings.registry_store_uri, settings.default_artifact_root

@@ -68,6 +68,7 @@ class Settings:
     workers: int
     threads: int
     forwarded_allow_ips: str
+    http2_cleartext: str
     trusted_proxy_hops: int
     realm: str
     max_failures: int
@@ -187,6 +188,14 @@ def artifact_scheme(destination: str) -> str:
     return urllib.parse.urlsplit(destination).scheme.lower() if "://" in destination else ""
 
 
+def _choice(reader: _Reader, name: str, choices: tuple[str, ...], default: str) -> str:
+    value = (reader.text(name) or default).lower()
+    if value not in choices:
+        reader.problems.append(f"{name}: must be one of {', '.join(choices)}")
+        return default
+    return value
+
+
 def _public_urls(reader: _Reader) -> tuple[str, ...]:
     text = reader.text("MLFLOW_PUBLIC_URL") or ""
     urls = []
@@ -300,6 +309,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         workers=reader.integer("MLFLOW_WORKERS", 2, minimum=1),
         threads=reader.integer("MLFLOW_THREADS", 8, minimum=1),
         forwarded_allow_ips=reader.text("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1",
+        http2_cleartext=_choice(reader, "MLFLOW_HTTP2_CLEARTEXT", ("off", "prior-knowledge", "upgrade", "both"), "off"),
         trusted_proxy_hops=reader.integer("MLFLOW_TRUSTED_PROXY_HOPS", 0),
         realm=reader.text("MLFLOW_AUTH_REALM") or "MLflow",
         max_failures=reader.integer("MLFLOW_AUTH_MAX_FAILURES", 10, minimum=1),

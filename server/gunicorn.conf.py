@@ -35,6 +35,11 @@ control_socket_disable = True
 # X-Forwarded-Proto and friends are trusted only from these peers (Cloud Run: '*').
 forwarded_allow_ips = settings.forwarded_allow_ips
 
+# HTTP/2 cleartext (h2c) for Cloud Run's "HTTP/2 end-to-end" mode, which lifts its 32 MiB
+# request limit: only peers in forwarded_allow_ips may speak it; off unless configured.
+http2_cleartext = settings.http2_cleartext
+http_protocols = "h1" if settings.http2_cleartext == "off" else "h1,h2"
+
 # Request line and header limits: MLflow's GET APIs carry filters in the query string.
 limit_request_line = 8190
 limit_request_fields = 100

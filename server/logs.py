@@ -62,7 +62,8 @@ def json_handlers(logger: logging.Logger) -> None:
 
 
 def configure_python_logging(level: str) -> None:
-    """Root, MLflow and our own loggers write JSON to stderr."""
+    """Root, MLflow and our own loggers write JSON to stderr; so do Python warnings."""
+    logging.captureWarnings(True)
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler())

@@ -136,6 +136,13 @@ def test_secrets_are_mounted_as_files_not_env_values():
     assert "--add-cloudsql-instances" in script and "--service-account" in script
 
 
+def test_deploy_serves_http2_end_to_end_for_large_artifacts():
+    script = deploy_script()
+    assert "--use-http2" in script and "MLFLOW_HTTP2_CLEARTEXT=both" in script
+    assert "FORWARDED_ALLOW_IPS=*" in script  # h2c is served to trusted peers only
+    assert "--timeout 3600" in script
+
+
 def test_smoke_test_gates_the_traffic():
     steps = [s.get("name", "") for s in load("deploy.yml")["jobs"]["deploy"]["steps"]]
     assert steps.index("smoke test the new revision") < steps.index("move traffic to the new revision")
