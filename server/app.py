@@ -1,7 +1,7 @@
 """Build the WSGI application: MLflow's tracking server behind our middleware.
 
 Order, outermost first: ProxyFix (only when proxy hops are trusted, for the client address),
-Basic auth, the route guard, the UI's missing endpoints, MLflow. Schema migrations and the MLflow import happen here, in
+Basic auth, the route guard, the experiment-location guard, the UI's missing endpoints, MLflow. Schema migrations and the MLflow import happen here, in
 gunicorn's master when ``preload_app`` is on, so workers fork with MLflow already loaded.
 """
 
@@ -12,6 +12,7 @@ import os
 
 from server import config, logs, mlflow_env
 from server.auth import BasicAuthMiddleware
+from server.experiment_guard import ExperimentLocationGuard
 from server.failures import FailureLimiter
 from server.migrate import ensure_schema
 from server.route_guard import RouteGuard
@@ -45,13 +46,15 @@ def create_app(settings: config.Settings):
     from server import artifact_streaming
 
     artifact_streaming.install()  # before any artifact repository is created
+    _share_connection_pool()
     # Open the stores now (in the master with preload_app): the first request pays nothing.
     handlers.initialize_backend_stores(
         settings.backend_store_uri, settings.registry_store_uri, settings.default_artifact_root
     )
+    _release_connections()  # the master serves nothing: its workers open their own
 
     app = RouteGuard(
-        UiCompat(mlflow_app.wsgi_app),
+        ExperimentLocationGuard(UiCompat(mlflow_app.wsgi_app), settings.default_artifact_root),
         enable_webhooks=settings.enable_webhooks,
         enable_gateway_proxy=bool(os.environ.get("MLFLOW_DEPLOYMENTS_TARGET")),
     )
@@ -74,15 +77,36 @@ def create_app(settings: config.Settings):
     return app
 
 
+def _share_connection_pool() -> None:
+    """One SQLAlchemy engine (one pool) per process for the tracking and registry stores.
+
+    MLflow caches engines per store class, so each worker would otherwise hold two pools of
+    ``pool_size + max_overflow`` connections against the same database.
+    """
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+
+    RegistryStore._engine_map = TrackingStore._engine_map
+
+
+def _store_engines():
+    from mlflow.server import handlers
+
+    engines = {id(e): e for e in (getattr(s, "engine", None)
+                                  for s in (handlers._tracking_store, handlers._model_registry_store)) if e}
+    return engines.values()
+
+
+def _release_connections() -> None:
+    for engine in _store_engines():
+        engine.dispose()
+
+
 def after_fork() -> None:
     """In each new worker: drop the database connections inherited from the master.
 
     SQLAlchemy's advice for forked processes: ``dispose(close=False)`` so the child opens its
     own connections and never touches (or closes) the parent's sockets.
     """
-    from mlflow.server import handlers
-
-    for store in (handlers._tracking_store, handlers._model_registry_store):
-        engine = getattr(store, "engine", None)
-        if engine is not None:
-            engine.dispose(close=False)
+    for engine in _store_engines():
+        engine.dispose(close=False)

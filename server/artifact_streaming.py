@@ -24,6 +24,7 @@ import posixpath
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.store.artifact.artifact_repo import StreamUploadMixin
 from mlflow.store.artifact.gcs_artifact_repo import GCSArtifactRepository
 from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository
@@ -100,6 +101,11 @@ class StreamingGCSArtifactRepository(GCSArtifactRepository, StreamUploadMixin):
 
         return body(), blob.size
 
+    def is_folder(self, path: str) -> bool:
+        bucket_name, root = self.parse_gcs_uri(self.artifact_uri)
+        prefix = (posixpath.join(root, path) if root else path).rstrip("/") + "/"
+        return any(True for _ in self._get_bucket(bucket_name).list_blobs(prefix=prefix, max_results=1))
+
 
 class StreamingS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
     def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
@@ -133,6 +139,12 @@ class StreamingS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
 
         return chunks(), obj["ContentLength"]
 
+    def is_folder(self, path: str) -> bool:
+        bucket, root = self.parse_s3_compliant_uri(self.artifact_uri)
+        prefix = (posixpath.join(root, path) if root else path).rstrip("/") + "/"
+        listing = self._get_s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        return bool(listing.get("KeyCount"))
+
 
 def install() -> None:
     """Register the streaming repositories and the streaming download responses."""
@@ -146,7 +158,8 @@ def install() -> None:
 
 
 def _stream_response(repo, path: str) -> object | None:
-    """A Flask response streaming ``path`` from ``repo``, or None when it cannot stream it."""
+    """A Flask response streaming ``path`` from ``repo``, or None when the repository cannot
+    stream (MLflow's handler answers then); 404 for a missing object, 400 for a folder."""
     from flask import Response
     from mlflow.server.handlers import _content_disposition_attachment, _guess_mime_type
 
@@ -155,7 +168,13 @@ def _stream_response(repo, path: str) -> object | None:
         return None
     opened = opener(path)
     if opened is None:
-        return None  # not an object (a folder, or missing): MLflow's handler answers
+        # MLflow's own handler answers a missing object with a 500; say what it is instead
+        from mlflow.exceptions import MlflowException
+
+        if repo.is_folder(path):
+            raise MlflowException.invalid_parameter_value(
+                f"Artifact path refers to a directory, not a file: '{path}'")
+        raise MlflowException(f"Artifact '{path}' does not exist", error_code=RESOURCE_DOES_NOT_EXIST)
     body, size = opened
     mime = _guess_mime_type(path)
     response = Response(body, mimetype=mime, direct_passthrough=True)

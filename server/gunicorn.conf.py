@@ -18,7 +18,7 @@ bind = [f"{settings.host}:{settings.port}"]
 
 # gthread: a slow multi-GB upload holds one thread, not a whole worker, and the worker's
 # heartbeat keeps running, so `timeout` never cuts a long transfer.
-worker_class = "gthread"
+worker_class = "server.worker.ThreadWorker"  # gthread; see server/worker.py
 workers = settings.workers
 threads = settings.threads
 timeout = 60

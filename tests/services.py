@@ -187,6 +187,17 @@ class GcsEmulator:
         wait_for(lambda: requests.get(f"{self.host}/storage/v1/b", timeout=2).ok, 30,
                  "gcs emulator", self.proc, self.log)
 
+    def start_on_disk(self, folder: Path) -> None:
+        """Start (or restart, on the same port) keeping objects on disk under ``folder``."""
+        exe = VENV_BIN / "gcp-storage-emulator"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(exe), "start", "--host", "127.0.0.1", "--port", str(self.port), "--default-bucket", self.bucket],
+                stdout=log, stderr=log, start_new_session=True, cwd=folder,
+            )
+        wait_for(lambda: requests.get(f"{self.host}/storage/v1/b", timeout=2).ok, 30,
+                 "gcs emulator", self.proc, self.log)
+
     def stop(self) -> None:
         if self.proc:
             stop(self.proc)

@@ -176,3 +176,45 @@ def test_sigterm_during_upload_then_a_healthy_restart(image, tmp_path, postgres,
     finally:
         again.stop()
         again.remove()
+
+
+@pytest.mark.reliability
+def test_three_containers_start_together_on_an_empty_database(image, tmp_path, postgres, gcs):
+    uri = postgres.create_database("mlflow_three_containers")
+    env, files = cloud_run_secrets(tmp_path, uri)
+    env.update(gcs.env())
+    env["MLFLOW_ARTIFACTS_DESTINATION"] = f"gs://{gcs.bucket}/three"
+    started, errors = [], []
+
+    def launch():
+        try:
+            started.append(start_container(image, env, files))
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=launch) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    try:
+        assert errors == [] and len(started) == 3
+        migrated = [c for c in started if "running database migrations" in c.logs()]
+        assert len(migrated) == 1
+        statuses = []
+
+        def burst(i):
+            c = started[i % 3]
+            return requests.post(f"{c.url}/api/2.0/mlflow/experiments/create", json={"name": f"c-{i}"},
+                                 auth=ALICE, timeout=60).status_code
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(24) as pool:
+            statuses = list(pool.map(burst, range(24)))
+        print(f"\nthree containers: migrations run by {len(migrated)}, burst of 24: {statuses.count(200)} ok")
+        assert statuses == [200] * 24
+    finally:
+        for c in started:
+            c.stop()
+            c.remove()

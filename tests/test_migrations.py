@@ -6,10 +6,13 @@ import concurrent.futures
 import json
 import threading
 
+import pytest
 import requests
 
 from tests.conftest import ALICE, gcs_server_config
 from tests.services import Server
+
+pytestmark = pytest.mark.reliability
 
 MIGRATION_MARK = "running database migrations"
 

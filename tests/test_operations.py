@@ -7,10 +7,13 @@ import signal
 import threading
 import time
 
+import pytest
 import requests
 
 from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, gcs_server_config
 from tests.services import Server
+
+pytestmark = pytest.mark.reliability
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 
