@@ -67,6 +67,7 @@ class Settings:
     port: int
     workers: int
     threads: int
+    worker_timeout: int
     forwarded_allow_ips: str
     http2_cleartext: str
     trusted_proxy_hops: int
@@ -308,6 +309,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         port=reader.integer("PORT", 8080, minimum=1),
         workers=reader.integer("MLFLOW_WORKERS", 2, minimum=1),
         threads=reader.integer("MLFLOW_THREADS", 8, minimum=1),
+        worker_timeout=reader.integer("MLFLOW_WORKER_TIMEOUT", 60, minimum=1),
         forwarded_allow_ips=reader.text("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1",
         http2_cleartext=_choice(reader, "MLFLOW_HTTP2_CLEARTEXT", ("off", "prior-knowledge", "upgrade", "both"), "off"),
         trusted_proxy_hops=reader.integer("MLFLOW_TRUSTED_PROXY_HOPS", 0),

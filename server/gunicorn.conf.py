@@ -17,11 +17,11 @@ wsgi_app = "server.wsgi:application"
 bind = [f"{settings.host}:{settings.port}"]
 
 # gthread: a slow multi-GB upload holds one thread, not a whole worker, and the worker's
-# heartbeat keeps running, so `timeout` never cuts a long transfer.
+# heartbeat keeps running, so `timeout` (a hung worker's limit) never cuts a long transfer.
 worker_class = "server.worker.ThreadWorker"  # gthread; see server/worker.py
 workers = settings.workers
 threads = settings.threads
-timeout = 60
+timeout = settings.worker_timeout
 # Cloud Run sends SIGTERM and kills 10 s later: finish in-flight requests within 8 s.
 graceful_timeout = 8
 keepalive = 30

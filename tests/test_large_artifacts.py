@@ -148,3 +148,27 @@ def test_s3_uploads_and_downloads_stream_too(s3_server):
     assert code == 0, got
     assert got["sent"] == got["received"]
     assert watch.largest_tmp < 16 * 1024 * 1024, "an artifact was spooled to TMPDIR"
+
+
+def test_a_transfer_longer_than_the_worker_timeout_is_not_cut(tmp_path, postgres, gcs):
+    env, secrets = gcs_server_config(postgres, gcs, "mlflow_slow")
+    env.update({"MLFLOW_WORKER_TIMEOUT": "3", "MLFLOW_WORKERS": "1"})
+    server = Server(tmp_path, env, secrets).start()
+    try:
+        def trickle():  # 12 MiB over ~8 s: well past the 3 s worker timeout
+            for _ in range(48):
+                yield b"z" * (256 * 1024)
+                time.sleep(0.17)
+
+        import requests
+
+        started = time.monotonic()
+        r = requests.put(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/slow/one.bin", data=trickle(),
+                         auth=ALICE, timeout=120)
+        took = time.monotonic() - started
+        assert r.status_code == 200 and took > 6
+        back = requests.get(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/slow/one.bin", auth=ALICE, timeout=60)
+        assert back.content == b"z" * (12 * 1024 * 1024)
+        assert "WORKER TIMEOUT" not in server.logs()
+    finally:
+        server.stop()

@@ -1,0 +1,372 @@
+"""Benchmarks: our server against MLflow's own `mlflow server`, interleaved on one machine.
+
+    .venv/bin/python -m bench.run                 # everything, ~15 minutes on 2 cores
+    .venv/bin/python -m bench.run --cycles 2 --seconds 10 --skip-large   # quicker
+
+Each comparison runs both sides in the same run, alternating A B A B ..., and reports medians
+and the ratio; absolute times are context only (this machine is shared and noisy). The table
+is printed and written into docs/benchmarks.md between its bench markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import bcrypt
+
+from bench.common import ROOT, USER, median, percentile, services
+from bench.servers import WORKERS, Running, start
+
+DOC = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def client_env(server: Running) -> None:
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    if server.auth:
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = server.auth
+    else:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+
+
+def mlflow_client(server: Running):
+    from mlflow import MlflowClient
+
+    client_env(server)
+    return MlflowClient(tracking_uri=server.url)
+
+
+def log_metric_rate(server: Running, experiment_id: str, seconds: float, threads: int = 8) -> float:
+    client = mlflow_client(server)
+    runs = [client.create_run(experiment_id).info.run_id for _ in range(threads)]
+    deadline = time.monotonic() + seconds
+    counts = [0] * threads
+
+    def loop(i):
+        step = 0
+        while time.monotonic() < deadline:
+            client.log_metric(runs[i], "m", step * 0.1, step=step)
+            step += 1
+            counts[i] += 1
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(loop, range(threads)))
+    return sum(counts) / (time.monotonic() - started)
+
+
+def latencies(fn, calls: int) -> list[float]:
+    out = []
+    for _ in range(calls):
+        started = time.monotonic()
+        fn()
+        out.append(time.monotonic() - started)
+    return out
+
+
+def log_batch_latencies(server: Running, experiment_id: str, calls: int) -> list[float]:
+    from mlflow.entities import Metric
+
+    client = mlflow_client(server)
+    run_id = client.create_run(experiment_id).info.run_id
+    counter = iter(range(10**9))
+
+    def one():
+        base = next(counter) * 1000
+        client.log_batch(run_id, metrics=[Metric("x", float(i), 0, base + i) for i in range(1000)])
+
+    return latencies(one, calls)
+
+
+def search_latencies(server: Running, experiment_id: str, calls: int) -> list[float]:
+    client = mlflow_client(server)
+    return latencies(lambda: client.search_runs([experiment_id], max_results=1000), calls)
+
+
+def make_search_experiment(server: Running) -> str:
+    """An experiment of 1000 runs, each with 5 params, 5 metrics and 3 tags."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = mlflow_client(server)
+    exp = client.create_experiment(f"search-1000-{time.time_ns()}")
+
+    def one(i):
+        run = client.create_run(exp)
+        client.log_batch(run.info.run_id, metrics=[Metric(f"m{k}", i * k, 0, 0) for k in range(5)],
+                         params=[Param(f"p{k}", str(i + k)) for k in range(5)],
+                         tags=[RunTag(f"t{k}", str(k)) for k in range(3)])
+        client.set_terminated(run.info.run_id)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(1000)))
+    return exp
+
+
+def idle_pss(server: Running) -> float:
+    client = mlflow_client(server)
+    for _ in range(5):
+        client.search_experiments(max_results=5)
+    time.sleep(3)
+    return server.pss_mb()
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+# ---------------------------------------------------------------- the figures
+
+def cold_starts(uri_for, dest: str, work: Path, cycles: int) -> dict:
+    """Process start to the first authenticated API call answered 200: migrated and empty DB."""
+    out = {"ours": [], "baseline": [], "ours_empty": [], "baseline_empty": []}
+    warm_uri = uri_for("cold_migrated")
+    for kind in ("ours", "baseline"):  # migrate once, so the next starts find the schema current
+        s = start(kind, warm_uri, dest, work)
+        s.wait_first_api_ok()
+        s.stop()
+    for cycle in range(cycles):
+        for kind in ("ours", "baseline"):
+            s = start(kind, warm_uri, dest, work)
+            out[kind].append(s.wait_first_api_ok())
+            s.stop()
+            s = start(kind, uri_for(f"cold_empty_{kind}_{cycle}"), dest, work)
+            out[f"{kind}_empty"].append(s.wait_first_api_ok())
+            s.stop()
+    return out
+
+
+def throughput_and_latency(uri: str, dest: str, work: Path, cycles: int, seconds: float) -> dict:
+    out: dict[str, list] = {k: [] for k in ("metric_ours", "metric_base", "batch_ours", "batch_base",
+                                            "search_ours", "search_base", "pss_ours", "pss_base")}
+    search_exp = None
+    for _ in range(cycles):
+        for kind in ("ours", "baseline"):
+            s = start(kind, uri, dest, work)
+            s.wait_first_api_ok()
+            try:
+                side = "ours" if kind == "ours" else "base"
+                out[f"pss_{side}"].append(idle_pss(s))
+                if search_exp is None:
+                    search_exp = make_search_experiment(s)
+                exp = mlflow_client(s).create_experiment(f"bench-{kind}-{time.time_ns()}")
+                out[f"metric_{side}"].append(log_metric_rate(s, exp, seconds))
+                out[f"batch_{side}"] += log_batch_latencies(s, exp, 15)
+                out[f"search_{side}"] += search_latencies(s, search_exp, 6)
+            finally:
+                s.stop()
+    return out
+
+
+def auth_cost(uri: str, dest: str, work: Path, cycles: int, seconds: float) -> dict:
+    hashed = bcrypt.hashpw(USER[1].encode(), bcrypt.gensalt(rounds=12)).decode()
+    sides = {"plain": ("ours", None), "bcrypt": ("ours", f"{USER[0]}:{hashed}"), "noauth": ("noauth", None)}
+    out = {k: [] for k in sides}
+    for _ in range(cycles):
+        for name, (kind, users) in sides.items():
+            s = start(kind, uri, dest, work, users=users)
+            s.wait_first_api_ok()
+            try:
+                exp = mlflow_client(s).create_experiment(f"auth-{name}-{time.time_ns()}")
+                out[name].append(log_metric_rate(s, exp, seconds))
+            finally:
+                s.stop()
+    return out
+
+
+def large_artifact(uri: str, gcs, work: Path, size_mib: int) -> dict:
+    """One artifact of size_mib through the proxy to the GCS emulator: time, RSS, TMPDIR."""
+    from google.cloud import storage
+
+    blob_path = work / "large.bin"
+    with open(blob_path, "wb") as fh:
+        for _ in range(size_mib):
+            fh.write(os.urandom(1024 * 1024))
+    s = start("ours", uri, f"gs://{gcs.bucket}/large", work / "large-server", extra_env=gcs.env())
+    s.wait_first_api_ok()
+    peak = {"rss": s.rss_mb(), "tmp": 0}
+    base_rss = peak["rss"]
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak["rss"] = max(peak["rss"], s.rss_mb())
+            for root, _, files in os.walk(work / "large-server"):
+                for name in files:
+                    try:
+                        peak["tmp"] = max(peak["tmp"], os.path.getsize(os.path.join(root, name)))
+                    except OSError:
+                        pass
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        import mlflow
+
+        client_env(s)
+        mlflow.set_tracking_uri(s.url)
+        with mlflow.start_run() as run:
+            started = time.monotonic()
+            mlflow.log_artifact(str(blob_path))
+            up = time.monotonic() - started
+        started = time.monotonic()
+        mlflow_client(s).download_artifacts(run.info.run_id, blob_path.name, tempfile.mkdtemp(dir=work))
+        down = time.monotonic() - started
+    finally:
+        stop.set()
+        watcher.join()
+        s.stop()
+    os.environ.update(gcs.env())
+    bucket = storage.Client(project="bench").bucket(gcs.bucket)
+    started = time.monotonic()
+    bucket.blob("direct/large.bin", chunk_size=8 * 1024 * 1024).upload_from_filename(str(blob_path))
+    direct = time.monotonic() - started
+    blob_path.unlink()
+    return {"size_mib": size_mib, "up_s": up, "down_s": down, "direct_s": direct,
+            "rss_growth_mb": peak["rss"] - base_rss, "largest_tmp_mb": peak["tmp"] / 1024 / 1024}
+
+
+def image_size_mb() -> float | None:
+    try:
+        out = subprocess.run(["docker", "image", "inspect", os.environ.get("BENCH_IMAGE", "mlflow-server:test")],
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out)[0]["Size"] / 1e6
+    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+        return None
+
+
+def profile_search(uri: str, dest: str, experiment_name_prefix: str = "search-1000-") -> str:
+    """cProfile of one search_runs of 1000 runs, run in-process through the WSGI app."""
+    script = f"""
+import cProfile, io, os, pstats, base64, json
+os.environ.update(MLFLOW_BACKEND_STORE_URI={uri!r}, MLFLOW_ARTIFACTS_DESTINATION={dest!r},
+                  MLFLOW_AUTH_USERS={":".join(USER)!r}, MLFLOW_SECRETS_DIR="", LOG_LEVEL="warning")
+from server.app import create_app
+from server.config import load_settings
+from werkzeug.test import Client
+app = create_app(load_settings())
+client = Client(app)
+auth = {{"Authorization": "Basic " + base64.b64encode(b"{USER[0]}:{USER[1]}").decode()}}
+exps = client.post("/api/2.0/mlflow/experiments/search", json={{"max_results": 1000}}, headers=auth).get_json()
+exp = next(e["experiment_id"] for e in exps["experiments"] if e["name"].startswith({experiment_name_prefix!r}))
+body = {{"experiment_ids": [exp], "max_results": 1000}}
+client.post("/api/2.0/mlflow/runs/search", json=body, headers=auth)  # warm
+prof = cProfile.Profile()
+prof.enable()
+r = client.post("/api/2.0/mlflow/runs/search", json=body, headers=auth)
+prof.disable()
+assert r.status_code == 200 and len(r.get_json()["runs"]) == 1000
+out = io.StringIO()
+pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
+print(out.getvalue())
+"""
+    result = subprocess.run([os.sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    return result.stdout[-6000:] or result.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- report
+
+def table(cold, tput, auth, large, img) -> str:
+    m = median
+    rows = [
+        "| figure | ours | `mlflow server` | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| cold start, migrated DB (s, median) | {m(cold['ours']):.2f} | {m(cold['baseline']):.2f} | "
+        f"{ratio(m(cold['ours']), m(cold['baseline']))} | <= 0.35x |",
+        f"| cold start, empty DB incl. migrations (s) | {m(cold['ours_empty']):.2f} | {m(cold['baseline_empty']):.2f}"
+        f" | {ratio(m(cold['ours_empty']), m(cold['baseline_empty']))} | <= 1.0x |",
+        f"| `log_metric`, 8 client threads (req/s) | {m(tput['metric_ours']):.0f} | {m(tput['metric_base']):.0f} | "
+        f"{ratio(m(tput['metric_ours']), m(tput['metric_base']))} | >= 1.8x |",
+        f"| `log_batch` 1000 metrics p50 / p99 (ms) | {m(tput['batch_ours']) * 1000:.0f} / "
+        f"{percentile(tput['batch_ours'], 99) * 1000:.0f} | {m(tput['batch_base']) * 1000:.0f} / "
+        f"{percentile(tput['batch_base'], 99) * 1000:.0f} | {ratio(m(tput['batch_base']), m(tput['batch_ours']))} "
+        "(speed) | >= 1.0x |",
+        f"| `search_runs` 1000 runs p50 / p99 (ms) | {m(tput['search_ours']) * 1000:.0f} / "
+        f"{percentile(tput['search_ours'], 99) * 1000:.0f} | {m(tput['search_base']) * 1000:.0f} / "
+        f"{percentile(tput['search_base'], 99) * 1000:.0f} | "
+        f"{ratio(m(tput['search_base']), m(tput['search_ours']))} (speed) | >= 1.0x |",
+        f"| idle memory, PSS of all processes ({WORKERS} workers, MB) | {m(tput['pss_ours']):.0f} | "
+        f"{m(tput['pss_base']):.0f} | {ratio(m(tput['pss_ours']), m(tput['pss_base']))} | <= 0.25x |",
+        "",
+        "| auth layer (`log_metric`, 8 threads, req/s) | with auth, plain password | with auth, bcrypt cost 12 | "
+        "same gunicorn, no auth | ratios | target |",
+        "|---|---|---|---|---|---|",
+        f"| median | {m(auth['plain']):.0f} | {m(auth['bcrypt']):.0f} | {m(auth['noauth']):.0f} | "
+        f"{ratio(m(auth['plain']), m(auth['noauth']))} / {ratio(m(auth['bcrypt']), m(auth['noauth']))} | >= 0.97x |",
+    ]
+    if large:
+        size = large["size_mib"] * 1.048576
+        rows += [
+            "",
+            f"| one {large['size_mib']} MiB artifact, GCS emulator | value | target |",
+            "|---|---|---|",
+            f"| upload through the proxy (stock client) | {large['up_s']:.1f} s, {size / large['up_s']:.0f} MB/s | |",
+            f"| download through the proxy | {large['down_s']:.1f} s, {size / large['down_s']:.0f} MB/s | |",
+            f"| direct upload to the emulator (google-cloud-storage) | {large['direct_s']:.1f} s, "
+            f"{size / large['direct_s']:.0f} MB/s | context |",
+            f"| server peak RSS growth | {large['rss_growth_mb']:.0f} MB | < 100 MB |",
+            f"| largest file written under TMPDIR | {large['largest_tmp_mb']:.1f} MB | nothing artifact-sized |",
+        ]
+    rows += ["", f"Image size: {img:.0f} MB (`docker image inspect`)." if img else "Image size: image not built here."]
+    return "\n".join(rows)
+
+
+def write_doc(text: str) -> None:
+    doc = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    head, _, rest = doc.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--large-mib", type=int, default=1024)
+    parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args()
+    work, pg, gcs = services()
+    try:
+        def uri_for(name):
+            return pg.create_database(name).replace("postgresql://", "postgresql+psycopg2://")
+
+        dest = f"gs://{gcs.bucket}/bench"
+        os.environ.update(gcs.env())
+        shared = uri_for("bench")
+        s = start("ours", shared, dest, work, extra_env=gcs.env())
+        s.wait_first_api_ok()
+        s.stop()
+        cold = cold_starts(uri_for, dest, work, args.cycles + 1)
+        tput = throughput_and_latency(shared, dest, work, args.cycles, args.seconds)
+        auth = auth_cost(shared, dest, work, args.cycles, args.seconds)
+        large = None if args.skip_large else large_artifact(uri_for("bench_large"), gcs, work, args.large_mib)
+        profile = profile_search(shared, dest)
+        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        text = (f"Run {when} on {os.cpu_count()} cores, {args.cycles} interleaved cycles, "
+                f"{args.seconds:.0f} s per throughput run, {WORKERS} workers each side.\n\n"
+                + table(cold, tput, auth, large, image_size_mb())
+                + "\n\n<details><summary>Profile: one search_runs of 1000 runs, in-process (cProfile, "
+                "cumulative)</summary>\n\n```\n" + profile.strip() + "\n```\n</details>\n\nRaw samples: `"
+                + json.dumps({"cold": cold, "auth": auth}, default=lambda x: round(x, 3)) + "`")
+        print(text)
+        if not args.no_doc:
+            write_doc(text)
+    finally:
+        gcs.stop()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The servers a benchmark compares, started the same way each time on a free port.
+
+* ``ours``: ``entry-point.sh`` (gunicorn + our middleware), as the container runs it;
+* ``noauth``: the same gunicorn and settings serving the same app without the auth layer
+  (``bench/noauth_wsgi.py``), to price the auth layer alone;
+* ``baseline``: MLflow's own ``mlflow server`` CLI (uvicorn + FastAPI + its job runner), same
+  MLflow, same Postgres, same artifact destination, same number of workers.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from bench.common import ROOT, USER
+from tests.services import base_env, free_port
+
+WORKERS = 2
+
+
+class Running:
+    def __init__(self, kind: str, proc: subprocess.Popen, port: int, started: float, log: Path):
+        self.kind, self.proc, self.port, self.started, self.log = kind, proc, port, started, log
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def auth(self) -> tuple[str, str] | None:
+        return USER if self.kind == "ours" else None
+
+    def wait_first_api_ok(self, timeout: float = 180) -> float:
+        """Seconds from process start to the first (authenticated) API call answered 200."""
+        headers = {}
+        if self.auth:
+            headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
+        req = urllib.request.Request(f"{self.url}/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited:\n{self.log.read_text()[-2000:]}")
+            try:
+                if urllib.request.urlopen(req, timeout=5).status == 200:
+                    return time.monotonic() - self.started
+            except OSError:
+                time.sleep(0.02)
+        raise TimeoutError(f"{self.kind} did not answer within {timeout}s")
+
+    def pids(self) -> list[int]:
+        found, pending = [], [self.proc.pid]
+        while pending:
+            pid = pending.pop()
+            found.append(pid)
+            try:
+                with open(f"/proc/{pid}/task/{pid}/children") as fh:
+                    pending += [int(c) for c in fh.read().split()]
+            except OSError:
+                pass
+        return found
+
+    def pss_mb(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as fh:
+                    total += next(int(line.split()[1]) for line in fh if line.startswith("Pss:"))
+            except (OSError, StopIteration):
+                pass
+        return total / 1024
+
+    def rss_mb(self) -> float:
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status") as fh:
+                    total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
+            except (OSError, StopIteration):
+                pass
+        return total / 1024
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def start(kind: str, backend_uri: str, destination: str, workdir: Path, extra_env: dict | None = None,
+          users: str | None = None) -> Running:
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = workdir / f"{kind}-{port}.log"
+    env = base_env({"TMPDIR": str(workdir), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
+                    **(extra_env or {})})
+    if kind in ("ours", "noauth"):
+        env.update({"PORT": str(port), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_WORKERS": str(WORKERS),
+                    "MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_ARTIFACTS_DESTINATION": destination,
+                    "MLFLOW_AUTH_USERS": users or ":".join(USER), "MLFLOW_SECRETS_DIR": "",
+                    "MLFLOW_AUTH_MAX_FAILURES": "1000000"})
+        args = [str(ROOT / "entry-point.sh")]
+        if kind == "noauth":
+            env["PYTHONPATH"] = str(ROOT)
+            args += ["bench.noauth_wsgi:application"]
+        kind_label = kind
+    else:
+        args = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", str(WORKERS), "--backend-store-uri", backend_uri, "--artifacts-destination",
+                destination, "--serve-artifacts"]
+        kind_label = "baseline"
+    started = time.monotonic()
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(args, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=workdir)
+    return Running(kind_label, proc, port, started, log)
