@@ -12,6 +12,12 @@ besides). Here:
 * downloads: the proxy's download route and the UI's ``get-artifact`` answer with the object's
   bytes as they arrive from storage, ``CHUNK_BYTES`` at a time.
 
+MLflow 3.17 also advertises presigned multipart transfers in ``server-info`` whenever the
+repository could do them, and the stock client then sends files of 500 MiB and more straight to
+the bucket with signed URLs: clients cannot reach the bucket, and Cloud Run's default
+credentials cannot sign. The proxy here streams any size, so ``server-info`` says no, and a
+client that asks anyway is told "unsupported" (501), on which it falls back to one proxied PUT.
+
 The repositories are registered for the ``gs`` and ``s3`` schemes in MLflow's artifact
 repository registry (the programmatic form of its ``mlflow.artifact_repository`` plugin entry
 points: this server is not an installed distribution).
@@ -19,11 +25,13 @@ points: this server is not an installed distribution).
 
 from __future__ import annotations
 
+import json
 import logging
 import posixpath
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
+from mlflow.exceptions import _UnsupportedMultipartUploadException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from mlflow.store.artifact.artifact_repo import StreamUploadMixin
 from mlflow.store.artifact.gcs_artifact_repo import GCSArtifactRepository
@@ -73,7 +81,14 @@ def _object_path(root: str, artifact_file_name: str, artifact_path: str | None) 
     return posixpath.join(*parts)
 
 
-class StreamingGCSArtifactRepository(GCSArtifactRepository, StreamUploadMixin):
+class _ProxiedOnly:
+    """Refuse presigned multipart uploads: every byte goes through the (streaming) proxy."""
+
+    def create_multipart_upload(self, *args, **kwargs):
+        raise _UnsupportedMultipartUploadException()
+
+
+class StreamingGCSArtifactRepository(_ProxiedOnly, GCSArtifactRepository, StreamUploadMixin):
     def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
         bucket_name, root = self.parse_gcs_uri(self.artifact_uri)
         blob = self._get_bucket(bucket_name).blob(_object_path(root, artifact_file_name, artifact_path),
@@ -107,7 +122,7 @@ class StreamingGCSArtifactRepository(GCSArtifactRepository, StreamUploadMixin):
         return any(True for _ in self._get_bucket(bucket_name).list_blobs(prefix=prefix, max_results=1))
 
 
-class StreamingS3ArtifactRepository(S3ArtifactRepository, StreamUploadMixin):
+class StreamingS3ArtifactRepository(_ProxiedOnly, S3ArtifactRepository, StreamUploadMixin):
     def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
         from boto3.s3.transfer import TransferConfig
 
@@ -155,6 +170,29 @@ def install() -> None:
     _artifact_repository_registry.register("s3", StreamingS3ArtifactRepository)
     handlers._send_artifact = _streaming_send(handlers._send_artifact)
     _replace_download_view(handlers)
+    _no_multipart_in_server_info(handlers)
+
+
+def _no_multipart_in_server_info(handlers) -> None:
+    from mlflow.server import app as mlflow_app
+    from mlflow.utils.server_info import (
+        SERVER_INFO_MULTIPART_DOWNLOADS_ENABLED,
+        SERVER_INFO_MULTIPART_UPLOADS_ENABLED,
+    )
+
+    original = mlflow_app.view_functions["_get_server_info"]
+
+    def get_server_info(*args, **kwargs):
+        response = original(*args, **kwargs)
+        info = response.get_json(silent=True)
+        if isinstance(info, dict):
+            info[SERVER_INFO_MULTIPART_UPLOADS_ENABLED] = False
+            info[SERVER_INFO_MULTIPART_DOWNLOADS_ENABLED] = False
+            response.set_data(json.dumps(info))
+        return response
+
+    get_server_info.__name__ = "_get_server_info"
+    mlflow_app.view_functions["_get_server_info"] = get_server_info
 
 
 def _stream_response(repo, path: str) -> object | None:

@@ -375,3 +375,20 @@ class Server:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start_together(servers: list[Server], timeout: float = 180) -> None:
+    """Start several servers at the same moment (as Cloud Run scales out), wait for all."""
+    gate = threading.Barrier(len(servers))
+
+    def launch(server: Server):
+        gate.wait()
+        server.start(wait=False)
+
+    threads = [threading.Thread(target=launch, args=(s,)) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for server in servers:
+        server.wait_healthy(timeout)

@@ -172,3 +172,13 @@ def test_a_transfer_longer_than_the_worker_timeout_is_not_cut(tmp_path, postgres
         assert "WORKER TIMEOUT" not in server.logs()
     finally:
         server.stop()
+
+
+def test_files_over_the_client_multipart_threshold_still_go_through_the_proxy(fronts):
+    # The stock client tries presigned multipart uploads for files of 500 MiB and more when the
+    # server advertises them; clients cannot reach the bucket, so the server does not, and the
+    # client sends one streamed PUT through the HTTP/2 path instead.
+    code, got = client(fronts["h2c"], "artifact", 520)
+    assert code == 0, got
+    assert got["sent"] == got["received"] and got["size"] == 520 * 1024 * 1024
+    assert not any("/mpu/" in p and s == 200 for _, p, s in fronts["h2c"].forwarded)

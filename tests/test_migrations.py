@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import threading
 
 import pytest
 import requests
 
 from tests.conftest import ALICE, gcs_server_config
-from tests.services import Server
+from tests.services import Server, start_together
 
 pytestmark = pytest.mark.reliability
 
@@ -53,20 +52,8 @@ def test_three_instances_on_one_empty_database(tmp_path, postgres, gcs):
     env, secrets = gcs_server_config(postgres, gcs, "mlflow_three")
     env["MLFLOW_WORKERS"] = "2"
     servers = [Server(tmp_path / f"instance-{i}", env, secrets) for i in range(3)]
-    gate = threading.Barrier(3)
-
-    def launch(server: Server):
-        gate.wait()
-        server.start(wait=False)
-
-    threads = [threading.Thread(target=launch, args=(s,)) for s in servers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
     try:
-        for server in servers:
-            server.wait_healthy(120)
+        start_together(servers)
         ran = [s for s in servers if migration_lines(s)]
         assert len(ran) == 1, [migration_lines(s) for s in servers]
         statuses = burst([s.url for s in servers], 24)

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, CAROL, USERS_FILE, gcs_server_config
-from tests.services import GcsEmulator, Postgres, Server
+from tests.services import GcsEmulator, Postgres, Server, start_together
 
 pytestmark = pytest.mark.reliability
 
@@ -442,22 +442,6 @@ def make_old_schema(pg: Postgres, database: str, revision: str = "17e22815139b")
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
     engine.dispose()
-
-
-def start_together(servers: list[Server]) -> None:
-    gate = threading.Barrier(len(servers))
-
-    def launch(server):
-        gate.wait()
-        server.start(wait=False)
-
-    threads = [threading.Thread(target=launch, args=(s,)) for s in servers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s in servers:
-        s.wait_healthy(180)
 
 
 def test_three_instances_on_an_older_schema_upgrade_once(tmp_path, postgres, gcs):
