@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.common import ROOT, USER
-from tests.services import base_env, free_port
+from tests.services import base_env, free_port, proc_kib, process_tree
 
 WORKERS = 2
 
@@ -53,37 +53,11 @@ class Running:
                 time.sleep(0.02)
         raise TimeoutError(f"{self.kind} did not answer within {timeout}s")
 
-    def pids(self) -> list[int]:
-        found, pending = [], [self.proc.pid]
-        while pending:
-            pid = pending.pop()
-            found.append(pid)
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children") as fh:
-                    pending += [int(c) for c in fh.read().split()]
-            except OSError:
-                pass
-        return found
-
     def pss_mb(self) -> float:
-        total = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/smaps_rollup") as fh:
-                    total += next(int(line.split()[1]) for line in fh if line.startswith("Pss:"))
-            except (OSError, StopIteration):
-                pass
-        return total / 1024
+        return proc_kib(process_tree(self.proc.pid), "smaps_rollup", "Pss") / 1024
 
     def rss_mb(self) -> float:
-        total = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/status") as fh:
-                    total += next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
-            except (OSError, StopIteration):
-                pass
-        return total / 1024
+        return proc_kib(process_tree(self.proc.pid), "status", "VmRSS") / 1024
 
     def stop(self) -> None:
         if self.proc.poll() is None:

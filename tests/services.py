@@ -392,3 +392,36 @@ def start_together(servers: list[Server], timeout: float = 180) -> None:
         t.join()
     for server in servers:
         server.wait_healthy(timeout)
+
+
+def trickle(chunks: int, size: int, pause: float, fill: bytes = b"x"):
+    """A request body sent slowly: ``chunks`` pieces of ``size`` bytes, ``pause`` s apart."""
+    for _ in range(chunks):
+        yield fill * size
+        time.sleep(pause)
+
+
+def process_tree(pid: int) -> list[int]:
+    """A process and all its descendants (gunicorn's master and workers)."""
+    found, pending = [], [pid]
+    while pending:
+        p = pending.pop()
+        found.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as fh:
+                pending += [int(c) for c in fh.read().split()]
+        except OSError:
+            pass
+    return found
+
+
+def proc_kib(pids: list[int], filename: str, field: str) -> int:
+    """Sum of one kB field (``VmRSS`` in ``status``, ``Pss`` in ``smaps_rollup``) over processes."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/{filename}") as fh:
+                total += next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
+        except (OSError, StopIteration):
+            pass
+    return total

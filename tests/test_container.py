@@ -15,6 +15,7 @@ import requests
 
 from tests.conftest import ALICE, ALL_PASSWORDS, BOB, USERS_FILE, need
 from tests.container import build_image, inspect, run_in_image, start_container
+from tests.services import trickle
 from tests.test_training_flow import check_flow
 
 pytestmark = pytest.mark.container
@@ -111,11 +112,16 @@ def test_no_secret_in_any_layer(image, tmp_path):
     assert findings == [], "\n".join(findings)
 
 
-def test_training_flow_through_the_hardened_container(image, tmp_path, postgres, gcs):
-    uri = postgres.create_database("mlflow_container")
-    env, files = cloud_run_secrets(tmp_path, uri)
+def gcs_container_config(tmp_path, postgres, gcs, database: str, prefix: str) -> tuple[dict, dict]:
+    """Production-like container settings: a fresh database, GCS emulator, Cloud Run secret files."""
+    env, files = cloud_run_secrets(tmp_path, postgres.create_database(database))
     env.update(gcs.env())
-    env["MLFLOW_ARTIFACTS_DESTINATION"] = f"gs://{gcs.bucket}/container"
+    env["MLFLOW_ARTIFACTS_DESTINATION"] = f"gs://{gcs.bucket}/{prefix}"
+    return env, files
+
+
+def test_training_flow_through_the_hardened_container(image, tmp_path, postgres, gcs):
+    env, files = gcs_container_config(tmp_path, postgres, gcs, "mlflow_container", "container")
     running = start_container(image, env, files)
     try:
         print(f"\ncontainer start to healthy: {running.startup_seconds:.1f}s")
@@ -131,21 +137,14 @@ def test_training_flow_through_the_hardened_container(image, tmp_path, postgres,
 
 
 def test_sigterm_during_upload_then_a_healthy_restart(image, tmp_path, postgres, gcs):
-    uri = postgres.create_database("mlflow_container_stop")
-    env, files = cloud_run_secrets(tmp_path, uri)
-    env.update(gcs.env())
-    env["MLFLOW_ARTIFACTS_DESTINATION"] = f"gs://{gcs.bucket}/stop"
+    env, files = gcs_container_config(tmp_path, postgres, gcs, "mlflow_container_stop", "stop")
     running = start_container(image, env, files)
     result = {}
 
     def upload():
-        def body():
-            for _ in range(64):
-                yield b"y" * (512 * 1024)
-                time.sleep(0.02)
-
         try:
-            r = requests.put(f"{running.url}/api/2.0/mlflow-artifacts/artifacts/stop/big.bin", data=body(),
+            r = requests.put(f"{running.url}/api/2.0/mlflow-artifacts/artifacts/stop/big.bin",
+                             data=trickle(64, 512 * 1024, 0.02, b"y"),
                              auth=BOB, timeout=60)
             result["status"] = r.status_code
         except requests.RequestException as exc:
@@ -180,10 +179,7 @@ def test_sigterm_during_upload_then_a_healthy_restart(image, tmp_path, postgres,
 
 @pytest.mark.reliability
 def test_three_containers_start_together_on_an_empty_database(image, tmp_path, postgres, gcs):
-    uri = postgres.create_database("mlflow_three_containers")
-    env, files = cloud_run_secrets(tmp_path, uri)
-    env.update(gcs.env())
-    env["MLFLOW_ARTIFACTS_DESTINATION"] = f"gs://{gcs.bucket}/three"
+    env, files = gcs_container_config(tmp_path, postgres, gcs, "mlflow_three_containers", "three")
     started, errors = [], []
 
     def launch():

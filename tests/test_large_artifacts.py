@@ -17,7 +17,7 @@ import pytest
 
 from tests.cloudrun_proxy import CloudRunFront
 from tests.conftest import ALICE, gcs_server_config
-from tests.services import Server, base_env
+from tests.services import Server, base_env, proc_kib, process_tree, trickle
 
 SCRIPT = Path(__file__).with_name("large_artifact_script.py")
 
@@ -55,17 +55,7 @@ def client(front, command: str, size_mib: int) -> tuple[int, dict | str]:
 
 def process_tree_rss(pid: int) -> int:
     """RSS in bytes of a process and its children (gunicorn's master and workers)."""
-    total, pending = 0, [pid]
-    while pending:
-        p = pending.pop()
-        try:
-            with open(f"/proc/{p}/status") as fh:
-                total += next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS"))
-            with open(f"/proc/{p}/task/{p}/children") as fh:
-                pending += [int(c) for c in fh.read().split()]
-        except (OSError, StopIteration):
-            pass
-    return total
+    return proc_kib(process_tree(pid), "status", "VmRSS") * 1024
 
 
 class Watch:
@@ -155,15 +145,12 @@ def test_a_transfer_longer_than_the_worker_timeout_is_not_cut(tmp_path, postgres
     env.update({"MLFLOW_WORKER_TIMEOUT": "3", "MLFLOW_WORKERS": "1"})
     server = Server(tmp_path, env, secrets).start()
     try:
-        def trickle():  # 12 MiB over ~8 s: well past the 3 s worker timeout
-            for _ in range(48):
-                yield b"z" * (256 * 1024)
-                time.sleep(0.17)
-
         import requests
 
         started = time.monotonic()
-        r = requests.put(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/slow/one.bin", data=trickle(),
+        # 12 MiB over ~8 s: well past the 3 s worker timeout
+        r = requests.put(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/slow/one.bin",
+                         data=trickle(48, 256 * 1024, 0.17, b"z"),
                          auth=ALICE, timeout=120)
         took = time.monotonic() - started
         assert r.status_code == 200 and took > 6

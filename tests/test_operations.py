@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, gcs_server_config
-from tests.services import Server
+from tests.services import Server, trickle
 
 pytestmark = pytest.mark.reliability
 
@@ -38,13 +38,9 @@ def test_sigterm_lets_in_flight_requests_finish_and_exits_0(tmp_path, postgres, 
 
     def slow_upload():
         # a 40 MB body trickled in slowly, still in flight when SIGTERM arrives
-        def body():
-            for _ in range(40):
-                yield b"x" * (1024 * 1024)
-                time.sleep(0.05)
-
         try:
-            r = requests.put(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/sigterm/big.bin", data=body(),
+            r = requests.put(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/sigterm/big.bin",
+                             data=trickle(40, 1024 * 1024, 0.05),
                              auth=ALICE, timeout=60)
             results["upload"] = r.status_code
         except requests.RequestException as exc:
