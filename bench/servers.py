@@ -53,6 +53,9 @@ class Running:
                 time.sleep(0.02)
         raise TimeoutError(f"{self.kind} did not answer within {timeout}s")
 
+    def pids(self) -> set[int]:
+        return set(process_tree(self.proc.pid))
+
     def pss_mb(self) -> float:
         return proc_kib(process_tree(self.proc.pid), "smaps_rollup", "Pss") / 1024
 

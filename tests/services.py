@@ -407,11 +407,18 @@ def process_tree(pid: int) -> list[int]:
     while pending:
         p = pending.pop()
         found.append(p)
+        # a child belongs to the thread that forked it: MLflow's job runner starts its
+        # consumers from threads, so every task's list is read, not only the main thread's
         try:
-            with open(f"/proc/{p}/task/{p}/children") as fh:
-                pending += [int(c) for c in fh.read().split()]
+            tasks = os.listdir(f"/proc/{p}/task")
         except OSError:
-            pass
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as fh:
+                    pending += [int(c) for c in fh.read().split()]
+            except OSError:
+                pass
     return found
 
 
