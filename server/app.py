@@ -43,9 +43,10 @@ def create_app(settings: config.Settings):
     from mlflow.server import app as mlflow_app
     from mlflow.server import handlers
 
-    from server import artifact_streaming
+    from server import artifact_streaming, json_responses
 
     artifact_streaming.install()  # before any artifact repository is created
+    json_responses.install()
     _share_connection_pool()
     # Open the stores now (in the master with preload_app): the first request pays nothing.
     handlers.initialize_backend_stores(
