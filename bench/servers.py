@@ -56,6 +56,22 @@ class Running:
     def pids(self) -> set[int]:
         return set(process_tree(self.proc.pid))
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time used so far by every process of the server."""
+        ticks = 0
+        for pid in process_tree(self.proc.pid):
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime: stat fields 14 and 15
+            except (OSError, IndexError, ValueError):
+                pass  # a process that just exited
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def requests_served(self, request: str = "POST /api/2.0/mlflow/runs/log-metric 200") -> int:
+        """Successful requests of one kind so far, counted in our JSON access log."""
+        return self.log.read_bytes().count(request.encode())
+
     def pss_mb(self) -> float:
         return proc_kib(process_tree(self.proc.pid), "smaps_rollup", "Pss") / 1024
 
