@@ -25,6 +25,7 @@ import bcrypt
 
 from bench.common import ROOT, USER, median, percentile, services
 from bench.servers import WORKERS, Running, start
+from tests.services import wait_for_workers
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -265,6 +266,7 @@ def large_artifact(uri: str, gcs, work: Path, size_mib: int) -> dict:
             fh.write(os.urandom(1024 * 1024))
     s = start("ours", uri, f"gs://{gcs.bucket}/large", work / "large-server", extra_env=gcs.env())
     s.wait_first_api_ok()
+    wait_for_workers(s.proc.pid, WORKERS)  # else a worker still forking would count as growth
     peak = {"rss": s.rss_mb(), "tmp": 0}
     base_rss = peak["rss"]
     stop = threading.Event()

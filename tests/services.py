@@ -422,6 +422,13 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def wait_for_workers(pid: int, workers: int, timeout: float = 60) -> None:
+    """Until gunicorn's master `pid` has all its workers: the first answer can come from the
+    first worker while the others are still forking, and a memory baseline taken then would
+    count a whole worker as growth."""
+    wait_for(lambda: len(process_tree(pid)) >= 1 + workers, timeout, f"{workers} workers")
+
+
 def proc_kib(pids: list[int], filename: str, field: str) -> int:
     """Sum of one kB field (``VmRSS`` in ``status``, ``Pss`` in ``smaps_rollup``) over processes."""
     total = 0

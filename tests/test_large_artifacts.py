@@ -17,7 +17,7 @@ import pytest
 
 from tests.cloudrun_proxy import CloudRunFront
 from tests.conftest import ALICE, gcs_server_config
-from tests.services import Server, base_env, proc_kib, process_tree, trickle
+from tests.services import Server, base_env, proc_kib, process_tree, trickle, wait_for_workers
 
 SCRIPT = Path(__file__).with_name("large_artifact_script.py")
 
@@ -63,6 +63,7 @@ class Watch:
 
     def __init__(self, server: Server):
         self.server = server
+        wait_for_workers(server.proc.pid, int(server.env.get("MLFLOW_WORKERS", "2")))
         self.base = process_tree_rss(server.proc.pid)
         self.peak = self.base
         self.largest_tmp = 0
