@@ -171,25 +171,38 @@ def cold_starts(uri_for, dest: str, work: Path, cycles: int) -> dict:
 
 
 def throughput_and_latency(uri: str, dest: str, work: Path, cycles: int, seconds: float) -> dict:
+    """Each cycle starts both servers afresh and keeps them up together; the measurements then
+    take turns in short blocks (ours, baseline, baseline, ours, ...), so samples of the two
+    sides are minutes apart at most and the machine's drift falls on both alike."""
     out: dict[str, list] = {k: [] for k in ("metric_ours", "metric_base", "batch_ours", "batch_base",
                                             "search_ours", "search_base", "pss_ours", "pss_base",
                                             "procs_ours", "procs_base")}
     search_exp = None
+    blocks = 3
     for _ in range(cycles):
-        for kind in ("ours", "baseline"):
-            s = start(kind, uri, dest, work)
-            s.wait_first_api_ok()
-            try:
-                side = "ours" if kind == "ours" else "base"
+        servers: dict[str, Running] = {}
+        try:
+            for side, kind in (("ours", "ours"), ("base", "baseline")):  # one at a time: migrations
+                servers[side] = start(kind, uri, dest, work)
+                servers[side].wait_first_api_ok()
+            for side, s in servers.items():
                 out[f"pss_{side}"].append(idle_pss(s))
                 out[f"procs_{side}"].append(len(s.pids()))
-                if search_exp is None:
-                    search_exp = make_search_experiment(s)
-                exp = mlflow_client(s).create_experiment(f"bench-{kind}-{time.time_ns()}")
-                out[f"metric_{side}"].append(log_metric_rate(s, exp, seconds))
-                out[f"batch_{side}"] += log_batch_latencies(s, exp, 15)
-                out[f"search_{side}"] += search_latencies(s, search_exp, 6)
-            finally:
+            if search_exp is None:
+                search_exp = make_search_experiment(servers["ours"])
+            runs, exps = {}, {}
+            for side, s in servers.items():
+                client = mlflow_client(s)
+                exps[side] = client.create_experiment(f"bench-{side}-{time.time_ns()}")
+                runs[side] = [client.create_run(exps[side]).info.run_id for _ in range(8)]
+            for block in range(blocks):
+                for side in ("ours", "base") if block % 2 == 0 else ("base", "ours"):
+                    s = servers[side]
+                    out[f"metric_{side}"].append(log_metric_rate(s, "", seconds / blocks, runs=runs[side]))
+                    out[f"batch_{side}"] += log_batch_latencies(s, exps[side], 5)
+                    out[f"search_{side}"] += search_latencies(s, search_exp, 2)
+        finally:
+            for s in servers.values():
                 s.stop()
     return out
 
@@ -461,7 +474,8 @@ def main() -> None:
                 + table(cold, tput, auth, large, image_size_mb())
                 + "\n\n<details><summary>Profile: one search_runs of 1000 runs, in-process (cProfile, "
                 "cumulative)</summary>\n\n```\n" + profile.strip() + "\n```\n</details>\n\nRaw samples: `"
-                + json.dumps({"cold": cold, "auth": auth}, default=lambda x: round(x, 3)) + "`")
+                + json.dumps({"cold": cold, "log_metric": {"ours": tput["metric_ours"], "baseline": tput["metric_base"]},
+                             "auth": auth}, default=lambda x: round(x, 3)) + "`")
         print(text)
         if not args.no_doc:
             write_doc(text)
