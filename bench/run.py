@@ -47,10 +47,17 @@ def mlflow_client(server: Running):
     return MlflowClient(tracking_uri=server.url)
 
 
-def log_metric_rate(server: Running, experiment_id: str, seconds: float, threads: int = 8,
-                    runs: list[str] | None = None) -> float:
+def metric_runs(server: Running, label: str, threads: int = 8) -> tuple[str, list[str]]:
+    """A fresh experiment and one run per client thread, for the `log_metric` load."""
     client = mlflow_client(server)
-    runs = runs or [client.create_run(experiment_id).info.run_id for _ in range(threads)]
+    exp = client.create_experiment(f"{label}-{time.time_ns()}")
+    return exp, [client.create_run(exp).info.run_id for _ in range(threads)]
+
+
+def log_metric_rate(server: Running, runs: list[str], seconds: float) -> float:
+    """req/s of `log_metric` from one client thread per run, for `seconds`."""
+    client = mlflow_client(server)
+    threads = len(runs)
     deadline = time.monotonic() + seconds
     counts = [0] * threads
 
@@ -192,13 +199,11 @@ def throughput_and_latency(uri: str, dest: str, work: Path, cycles: int, seconds
                 search_exp = make_search_experiment(servers["ours"])
             runs, exps = {}, {}
             for side, s in servers.items():
-                client = mlflow_client(s)
-                exps[side] = client.create_experiment(f"bench-{side}-{time.time_ns()}")
-                runs[side] = [client.create_run(exps[side]).info.run_id for _ in range(8)]
+                exps[side], runs[side] = metric_runs(s, f"bench-{side}")
             for block in range(blocks):
                 for side in ("ours", "base") if block % 2 == 0 else ("base", "ours"):
                     s = servers[side]
-                    out[f"metric_{side}"].append(log_metric_rate(s, "", seconds / blocks, runs=runs[side]))
+                    out[f"metric_{side}"].append(log_metric_rate(s, runs[side], seconds / blocks))
                     out[f"batch_{side}"] += log_batch_latencies(s, exps[side], 5)
                     out[f"search_{side}"] += search_latencies(s, search_exp, 2)
         finally:
@@ -226,14 +231,12 @@ def auth_cost(uri: str, dest: str, work: Path, rounds: int, window: float) -> di
             servers[name].wait_first_api_ok()
         runs = {}
         for name, s in servers.items():
-            client = mlflow_client(s)
-            exp = client.create_experiment(f"auth-{name}-{time.time_ns()}")
-            runs[name] = [client.create_run(exp).info.run_id for _ in range(8)]
-            log_metric_rate(s, exp, 2, runs=runs[name])  # warm: connections, caches, bcrypt check
+            _, runs[name] = metric_runs(s, f"auth-{name}")
+            log_metric_rate(s, runs[name], 2)  # warm: connections, caches, bcrypt check
         for _ in range(rounds):
             for name, s in servers.items():
                 cpu_before, requests_before = s.cpu_seconds(), s.requests_served()
-                out[name].append(log_metric_rate(s, "", window, runs=runs[name]))
+                out[name].append(log_metric_rate(s, runs[name], window))
                 served = s.requests_served() - requests_before
                 out["cpu_ms"][name].append((s.cpu_seconds() - cpu_before) / served * 1000)
     finally:
@@ -348,7 +351,7 @@ from werkzeug.test import Client
 app = create_app(load_settings())
 conf = runpy.run_path("server/gunicorn.conf.py")
 conf["when_ready"](None)
-gc.set_threshold(*conf["gc_thresholds"])
+conf["post_fork"](None, None)  # this process now stands where a fresh worker does
 gc_seconds, gc_started = [0.0], [0.0]
 def on_gc(phase, info):
     if phase == "start":
