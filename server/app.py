@@ -43,10 +43,11 @@ def create_app(settings: config.Settings):
     from mlflow.server import app as mlflow_app
     from mlflow.server import handlers
 
-    from server import artifact_streaming, json_responses
+    from server import artifact_streaming, json_responses, metric_writes
 
     artifact_streaming.install()  # before any artifact repository is created
     json_responses.install()
+    metric_writes.install()  # log_metric on PostgreSQL in one statement
     _share_connection_pool()
     # Open the stores now (in the master with preload_app): the first request pays nothing.
     handlers.initialize_backend_stores(
