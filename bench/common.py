@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 import sys
 import tempfile
@@ -36,3 +37,13 @@ def percentile(values: list[float], q: float) -> float:
         return float("nan")
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def median_interval(values: list[float], level: float = 0.95, resamples: int = 4000) -> tuple[float, float]:
+    """Bootstrap interval of the median: the range the median of such samples falls in."""
+    if not values:
+        return float("nan"), float("nan")
+    rng = random.Random(0)  # the same samples give the same interval
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    tail = (1 - level) / 2
+    return medians[int(tail * resamples)], medians[int((1 - tail) * resamples) - 1]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import gc
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import bcrypt
 
-from bench.common import ROOT, USER, median, percentile, services
+from bench.common import ROOT, USER, median, median_interval, percentile, services
 from bench.servers import WORKERS, Running, start
 from tests.services import wait_for_workers
 
@@ -54,8 +55,21 @@ def metric_runs(server: Running, label: str, threads: int = 8) -> tuple[str, lis
     return exp, [client.create_run(exp).info.run_id for _ in range(threads)]
 
 
+def fresh_connections() -> None:
+    """Drop the stock client's pooled keep-alive connections so the next window connects afresh.
+
+    Gunicorn hands each new connection to whichever worker accepts it first; kept alive across
+    windows, one lopsided split would weigh on every window of that server alike.
+    """
+    from mlflow.utils.request_utils import _cached_get_request_session
+
+    _cached_get_request_session.cache_clear()
+    gc.collect()  # the sessions' sockets close as they are freed
+
+
 def log_metric_rate(server: Running, runs: list[str], seconds: float) -> float:
-    """req/s of `log_metric` from one client thread per run, for `seconds`."""
+    """req/s of `log_metric` from one client thread per run, for `seconds`, on new connections."""
+    fresh_connections()
     client = mlflow_client(server)
     threads = len(runs)
     deadline = time.monotonic() + seconds
@@ -145,9 +159,10 @@ def ratio(a: float, b: float, digits: int = 2) -> str:
 
 
 def paired_ratio(a: list[float], b: list[float]) -> str:
-    """Median of a[i]/b[i] (each pair was measured back to back), with its quartiles."""
+    """Median of a[i]/b[i] (each pair measured in the same round), with its 95 % interval."""
     ratios = [x / y for x, y in zip(a, b, strict=True) if y]
-    return f"{median(ratios):.3f}x [{percentile(ratios, 25):.2f}-{percentile(ratios, 75):.2f}]"
+    low, high = median_interval(ratios)
+    return f"{median(ratios):.3f}x [{low:.3f}-{high:.3f}]"
 
 
 def implied_ratio(layer_us: float, request_cpu_ms: float) -> float:
@@ -212,36 +227,45 @@ def throughput_and_latency(uri: str, dest: str, work: Path, cycles: int, seconds
     return out
 
 
-def auth_cost(uri: str, dest: str, work: Path, rounds: int, window: float) -> dict:
+def auth_cost(uri: str, dest: str, work: Path, cycles: int, rounds: int, window: float) -> dict:
     """`log_metric` req/s through our server (plain and bcrypt password) and without the auth layer.
 
-    The three servers run at the same time and take turns under load in short windows
-    (A B C A B C ...), so drift in the machine's load falls on all three alike; only one is
-    loaded at a time. The effect measured is microseconds on requests of milliseconds, so
-    starting a fresh server per sample (as for the baseline) would drown it in noise.
+    Within a cycle the three servers run at the same time and take turns under load in short
+    windows (A B C, C B A, ...), so drift in the machine's load falls on all three alike; only
+    one is loaded at a time. Each cycle starts three fresh servers: two instances of the very
+    same server differ here by a few percent for the whole of their life (measured: plain vs
+    bcrypt, which run the same code once the one bcrypt check is cached), so one set of
+    instances would report its own luck as the cost of the layer.
     """
     hashed = bcrypt.hashpw(USER[1].encode(), bcrypt.gensalt(rounds=12)).decode()
     sides = {"plain": ("ours", None), "bcrypt": ("ours", f"{USER[0]}:{hashed}"), "noauth": ("noauth", None)}
     out: dict = {k: [] for k in sides}
     out["cpu_ms"] = {k: [] for k in sides}
-    servers: dict[str, Running] = {}
-    try:
-        for name, (kind, users) in sides.items():
-            servers[name] = start(kind, uri, dest, work, users=users)
-            servers[name].wait_first_api_ok()
-        runs = {}
-        for name, s in servers.items():
-            _, runs[name] = metric_runs(s, f"auth-{name}")
-            log_metric_rate(s, runs[name], 2)  # warm: connections, caches, bcrypt check
-        for _ in range(rounds):
+    out["cycle_ratios"] = {k: [] for k in ("plain", "bcrypt")}
+    for _ in range(cycles):
+        servers: dict[str, Running] = {}
+        first = len(out["noauth"])
+        try:
+            for name, (kind, users) in sides.items():
+                servers[name] = start(kind, uri, dest, work, users=users)
+                servers[name].wait_first_api_ok()
+            runs = {}
             for name, s in servers.items():
-                cpu_before, requests_before = s.cpu_seconds(), s.requests_served()
-                out[name].append(log_metric_rate(s, runs[name], window))
-                served = s.requests_served() - requests_before
-                out["cpu_ms"][name].append((s.cpu_seconds() - cpu_before) / served * 1000)
-    finally:
-        for s in servers.values():
-            s.stop()
+                _, runs[name] = metric_runs(s, f"auth-{name}")
+                log_metric_rate(s, runs[name], 2)  # warm: connections, caches, bcrypt check
+            for round_ in range(rounds):
+                # A B C, then C B A: no server always follows the same one
+                for name, s in list(servers.items())[:: 1 if round_ % 2 == 0 else -1]:
+                    cpu_before, requests_before = s.cpu_seconds(), s.requests_served()
+                    out[name].append(log_metric_rate(s, runs[name], window))
+                    served = s.requests_served() - requests_before
+                    out["cpu_ms"][name].append((s.cpu_seconds() - cpu_before) / served * 1000)
+        finally:
+            for s in servers.values():
+                s.stop()
+        for name in out["cycle_ratios"]:
+            out["cycle_ratios"][name].append(
+                median([a / b for a, b in zip(out[name][first:], out["noauth"][first:], strict=True)]))
     out["middleware_us"] = middleware_cost_us(hashed)
     return out
 
@@ -412,9 +436,12 @@ def table(cold, tput, auth, large, img) -> str:
         "| auth layer (`log_metric`, 8 client threads) | with auth, plain password | with auth, bcrypt cost 12 | "
         "same gunicorn, no auth | ratios, plain / bcrypt | target |",
         "|---|---|---|---|---|---|",
-        f"| req/s, median of {len(auth['noauth'])} windows; ratio: median of the per-round ratios [quartiles] | "
+        f"| req/s, median of {len(auth['noauth'])} windows; ratio: median of the per-round ratios, all cycles "
+        "[95 % interval] | "
         f"{m(auth['plain']):.0f} | {m(auth['bcrypt']):.0f} | {m(auth['noauth']):.0f} | "
         f"{paired_ratio(auth['plain'], auth['noauth'])} / {paired_ratio(auth['bcrypt'], auth['noauth'])} | >= 0.97x |",
+        "| the same ratio within each cycle (fresh servers per cycle), plain / bcrypt | | | | "
+        + " / ".join(", ".join(f"{r:.3f}" for r in auth["cycle_ratios"][k]) for k in ("plain", "bcrypt")) + " | |",
         "| server CPU per request (ms, all processes, median of the windows) | "
         + " | ".join(f"{m(auth['cpu_ms'][k]):.2f}" for k in ("plain", "bcrypt", "noauth")) + " | | |",
         f"| the auth middleware alone, in-process (us per request) | {auth['middleware_us']['plain']:.1f} | "
@@ -468,7 +495,7 @@ def main() -> None:
         s.stop()
         cold = cold_starts(uri_for, dest, work, args.cycles + 1)
         tput = throughput_and_latency(shared, dest, work, args.cycles, args.seconds)
-        auth = auth_cost(shared, dest, work, rounds=6 * args.cycles, window=max(2.0, args.seconds / 5))
+        auth = auth_cost(shared, dest, work, cycles=args.cycles, rounds=12, window=2.0)
         large = None if args.skip_large else large_artifact(uri_for("bench_large"), gcs, work, args.large_mib)
         profile = profile_search(shared, dest)
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
