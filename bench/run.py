@@ -16,6 +16,7 @@ import datetime
 import gc
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -440,6 +441,8 @@ def table(cold, tput, auth, large, img) -> str:
         "[95 % interval] | "
         f"{m(auth['plain']):.0f} | {m(auth['bcrypt']):.0f} | {m(auth['noauth']):.0f} | "
         f"{paired_ratio(auth['plain'], auth['noauth'])} / {paired_ratio(auth['bcrypt'], auth['noauth'])} | >= 0.97x |",
+        "| control, bcrypt / plain: the same code once the one bcrypt check is cached, so any "
+        "distance from 1 is this method's noise | | | | " + paired_ratio(auth["bcrypt"], auth["plain"]) + " | |",
         "| the same ratio within each cycle (fresh servers per cycle), plain / bcrypt | | | | "
         + " / ".join(", ".join(f"{r:.3f}" for r in auth["cycle_ratios"][k]) for k in ("plain", "bcrypt")) + " | |",
         "| server CPU per request (ms, all processes, median of the windows) | "
@@ -495,7 +498,7 @@ def main() -> None:
         s.stop()
         cold = cold_starts(uri_for, dest, work, args.cycles + 1)
         tput = throughput_and_latency(shared, dest, work, args.cycles, args.seconds)
-        auth = auth_cost(shared, dest, work, cycles=args.cycles, rounds=12, window=2.0)
+        auth = auth_cost(shared, dest, work, cycles=args.cycles, rounds=16, window=2.0)
         large = None if args.skip_large else large_artifact(uri_for("bench_large"), gcs, work, args.large_mib)
         profile = profile_search(shared, dest)
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -512,6 +515,7 @@ def main() -> None:
     finally:
         gcs.stop()
         pg.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the database and server logs: GBs after a run
 
 
 if __name__ == "__main__":
