@@ -29,6 +29,8 @@ class FailureLimiter:
 
     def retry_after(self, client: str) -> int:
         """Seconds the client must wait, or 0 when it may try."""
+        if client not in self._failures:  # the common case, without the lock (a dict read is atomic)
+            return 0
         with self._lock:
             entry = self._failures.get(client)
             if entry is None:
@@ -53,6 +55,8 @@ class FailureLimiter:
                 self._evict(now)
 
     def record_success(self, client: str) -> None:
+        if client not in self._failures:  # nothing to forget: no lock on every request
+            return
         with self._lock:
             self._failures.pop(client, None)
 

@@ -193,6 +193,18 @@ def test_hashed_password_is_verified_once_then_cached(monkeypatch):
     assert calls == ["bob", "bob"]
 
 
+def test_a_remembered_credential_is_forgotten_when_the_users_change():
+    tables = [{"alice": User("alice", "first-Passw0rd", "plain")}]
+    mw = BasicAuthMiddleware(lambda e, s: [b"ok"], users=lambda: tables[-1])
+    header = basic("alice", "first-Passw0rd")
+    assert mw.authenticate(header) == "alice"
+    assert mw.authenticate(header) == "alice"  # now from the cache
+    assert all("first-Passw0rd" not in repr(k) for k in mw._cache._entries)  # digests, not values
+    tables.append({"alice": User("alice", "second-Passw0rd", "plain")})  # rotated
+    assert mw.authenticate(header) is None
+    assert mw.authenticate(basic("alice", "second-Passw0rd")) == "alice"
+
+
 def test_users_file_parsing_matches_htpasswd_and_legacy_forms():
     from server.users import parse_htpasswd, parse_wsgi_auth_credentials
 
