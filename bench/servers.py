@@ -89,7 +89,8 @@ class Running:
 
 
 def start(kind: str, backend_uri: str, destination: str, workdir: Path, extra_env: dict | None = None,
-          users: str | None = None) -> Running:
+          users: str | None = None, app_root: Path = ROOT) -> Running:
+    """Start one server; ``app_root`` is the checkout whose entry-point.sh runs ours (bench.ab)."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     log = workdir / f"{kind}-{port}.log"
@@ -100,9 +101,9 @@ def start(kind: str, backend_uri: str, destination: str, workdir: Path, extra_en
                     "MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_ARTIFACTS_DESTINATION": destination,
                     "MLFLOW_AUTH_USERS": users or ":".join(USER), "MLFLOW_SECRETS_DIR": "",
                     "MLFLOW_AUTH_MAX_FAILURES": "1000000"})
-        args = [str(ROOT / "entry-point.sh")]
+        args = [str(app_root / "entry-point.sh")]
         if kind == "noauth":
-            env["PYTHONPATH"] = str(ROOT)
+            env["PYTHONPATH"] = str(app_root)
             args += ["bench.noauth_wsgi:application"]
         kind_label = kind
     else:

@@ -1,0 +1,87 @@
+"""Before/after for one server change: the working tree against an earlier commit, interleaved.
+
+    .venv/bin/python -m bench.ab f1d12a4                 # log_metric, 8 client threads
+    .venv/bin/python -m bench.ab f1d12a4 --cycles 3 --rounds 10 --window 3
+
+The commit is checked out into a temporary git worktree and served by its own entry-point.sh,
+with this checkout's venv (so only changes that keep the locks compare fairly). Each cycle
+starts both servers afresh on one database and loads them in turn, A B then B A, so the
+machine's drift falls on both; it prints the median req/s, the median of the per-round
+ratios with its 95 % interval, and the server CPU per request. This is how the
+before/after rows in docs/benchmarks.md are measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from bench.common import ROOT, median, services
+from bench.run import log_metric_rate, metric_runs, paired_ratio
+from bench.servers import Running, start
+
+
+def worktree(ref: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="mlflow-bench-ab-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--force", str(path), ref],
+                   check=True, capture_output=True)
+    if subprocess.run(["git", "-C", str(ROOT), "diff", "--quiet", ref, "--", "requirements.txt"]).returncode:
+        print(f"warning: requirements.txt differs at {ref}; both sides run this checkout's venv")
+    return path
+
+
+def compare(before_root: Path, uri: str, dest: str, work: Path, cycles: int, rounds: int, window: float) -> dict:
+    out = {side: {"rps": [], "cpu_ms": []} for side in ("before", "after")}
+    for _ in range(cycles):
+        servers: dict[str, Running] = {}
+        try:
+            for side, root in (("before", before_root), ("after", ROOT)):  # one at a time: migrations
+                servers[side] = start("ours", uri, dest, work, app_root=root)
+                servers[side].wait_first_api_ok()
+            runs = {}
+            for side, s in servers.items():
+                _, runs[side] = metric_runs(s, f"ab-{side}")
+                log_metric_rate(s, runs[side], 2)  # warm
+            for round_ in range(rounds):
+                for side in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
+                    s = servers[side]
+                    cpu, served = s.cpu_seconds(), s.requests_served()
+                    out[side]["rps"].append(log_metric_rate(s, runs[side], window))
+                    out[side]["cpu_ms"].append((s.cpu_seconds() - cpu) / (s.requests_served() - served) * 1000)
+        finally:
+            for s in servers.values():
+                s.stop()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ref", help="the commit to compare the working tree with")
+    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--window", type=float, default=3.0)
+    args = parser.parse_args()
+    before_root = worktree(args.ref)
+    work, pg, gcs = services()
+    try:
+        uri = pg.create_database("ab").replace("postgresql://", "postgresql+psycopg2://")
+        out = compare(before_root, uri, f"gs://{gcs.bucket}/ab", work, args.cycles, args.rounds, args.window)
+    finally:
+        gcs.stop()
+        pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_root)], check=False)
+    b, a = out["before"], out["after"]
+    print(f"log_metric, 8 client threads, {len(a['rps'])} windows of {args.window:.0f} s each side")
+    print(f"| | {args.ref} | working tree | after / before |")
+    print("|---|---|---|---|")
+    print(f"| req/s (median) | {median(b['rps']):.0f} | {median(a['rps']):.0f} | {paired_ratio(a['rps'], b['rps'])} |")
+    print(f"| server CPU per request (ms, median) | {median(b['cpu_ms']):.2f} | {median(a['cpu_ms']):.2f} | "
+          f"{paired_ratio(a['cpu_ms'], b['cpu_ms'])} |")
+
+
+if __name__ == "__main__":
+    main()
