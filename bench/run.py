@@ -1,7 +1,7 @@
 """Benchmarks: our server against MLflow's own `mlflow server`, interleaved on one machine.
 
-    .venv/bin/python -m bench.run                 # everything, ~15 minutes on 2 cores
-    .venv/bin/python -m bench.run --cycles 2 --seconds 10 --skip-large   # quicker
+    .venv/bin/python -m bench.run                 # everything, ~25 minutes on 2 cores
+    .venv/bin/python -m bench.run --cycles 2 --seconds 10 --skip-large --skip-instructions   # ~8 minutes
 
 Each comparison runs both sides in the same run, alternating A B A B ..., and reports medians
 and the ratio; absolute times are context only (this machine is shared and noisy). The table
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import bcrypt
 
+from bench import auth_instructions
 from bench.common import ROOT, USER, median, median_interval, percentile, services
 from bench.servers import WORKERS, Running, start
 from tests.services import wait_for_workers
@@ -351,13 +352,20 @@ def large_artifact(uri: str, gcs, work: Path, size_mib: int) -> dict:
             "rss_growth_mb": peak["rss"] - base_rss, "largest_tmp_mb": peak["tmp"] / 1024 / 1024}
 
 
-def image_size_mb() -> float | None:
+def image_sizes() -> dict[str, float] | None:
+    """MB of our image and of a stand-in for MLflow's official one, both built here now."""
+    from tests.container import Missing, build_image, docker_available, inspect
+
     try:
-        out = subprocess.run(["docker", "image", "inspect", os.environ.get("BENCH_IMAGE", "mlflow-server:test")],
-                             capture_output=True, text=True, check=True).stdout
-        return json.loads(out)[0]["Size"] / 1e6
-    except (OSError, subprocess.CalledProcessError, ValueError, IndexError):
+        docker_available()
+    except Missing as exc:
+        print(f"image sizes skipped: {exc}")
         return None
+    ours = build_image("mlflow-server:bench")
+    with open(ROOT / "bench" / "official-like.Dockerfile", "rb") as dockerfile:
+        subprocess.run(["docker", "build", "--network", "host", "-t", "mlflow-official-like:bench", "-"],
+                       stdin=dockerfile, capture_output=True, check=True, timeout=1800)
+    return {"ours": inspect(ours)["Size"] / 1e6, "official_like": inspect("mlflow-official-like:bench")["Size"] / 1e6}
 
 
 def profile_search(uri: str, dest: str, experiment_name_prefix: str = "search-1000-") -> str:
@@ -411,7 +419,7 @@ print(out.getvalue())
 
 # ---------------------------------------------------------------- report
 
-def table(cold, tput, auth, large, img) -> str:
+def table(cold, tput, auth, instructions, large, img) -> str:
     m = median
     rows = [
         "| figure | ours | `mlflow server` | ratio | target |",
@@ -453,6 +461,13 @@ def table(cold, tput, auth, large, img) -> str:
         + " / ".join(f"{implied_ratio(auth['middleware_us'][k], m(auth['cpu_ms']['noauth'])):.4f}x"
                      for k in ("plain", "bcrypt")) + " | >= 0.97x |",
     ]
+    if instructions:
+        inst = {k: m(v) for k, v in instructions.items()}
+        rows.append(
+            "| CPU instructions per request through the whole app, in-process (callgrind: the same count on a "
+            "quiet or a busy machine); ratio: no auth / with auth | "
+            + " | ".join(f"{inst[k]:,.0f}" for k in auth_instructions.KINDS) + " | "
+            + " / ".join(f"{inst['noauth'] / inst[k]:.4f}x" for k in ("plain", "bcrypt")) + " | >= 0.97x |")
     if large:
         size = large["size_mib"] * 1.048576
         rows += [
@@ -466,8 +481,23 @@ def table(cold, tput, auth, large, img) -> str:
             f"| server peak RSS growth | {large['rss_growth_mb']:.0f} MB | < 100 MB |",
             f"| largest file written under TMPDIR | {large['largest_tmp_mb']:.1f} MB | nothing artifact-sized |",
         ]
-    rows += ["", f"Image size: {img:.0f} MB (`docker image inspect`)." if img else "Image size: image not built here."]
+    if img:
+        rows += ["", "| image (uncompressed, `docker image inspect`) | ours | MLflow's official image, stand-in | ratio |",
+                 "|---|---|---|---|",
+                 f"| size (MB) | {img['ours']:.0f} | {img['official_like']:.0f} | "
+                 f"{ratio(img['ours'], img['official_like'])} |"]
+    else:
+        rows += ["", "Image sizes: no Docker engine here."]
     return "\n".join(rows)
+
+
+def rounded(samples, digits: int = 3):
+    """The raw samples with floats to `digits` places, for the doc (json.dumps has no such option)."""
+    if isinstance(samples, dict):
+        return {k: rounded(v, digits) for k, v in samples.items()}
+    if isinstance(samples, list):
+        return [rounded(v, digits) for v in samples]
+    return round(samples, digits) if isinstance(samples, float) else samples
 
 
 def write_doc(text: str) -> None:
@@ -483,6 +513,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--large-mib", type=int, default=1024)
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-image", action="store_true", help="do not build the two images to size them")
+    parser.add_argument("--skip-instructions", action="store_true", help="no callgrind count of the auth layer")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
     work, pg, gcs = services()
@@ -499,16 +531,23 @@ def main() -> None:
         cold = cold_starts(uri_for, dest, work, args.cycles + 1)
         tput = throughput_and_latency(shared, dest, work, args.cycles, args.seconds)
         auth = auth_cost(shared, dest, work, cycles=args.cycles, rounds=16, window=2.0)
+        instructions = None
+        if not args.skip_instructions:
+            if shutil.which("valgrind") and shutil.which("callgrind_control"):
+                instructions = auth_instructions.measure(shared)
+            else:
+                print("auth instructions skipped: valgrind is not installed (apt-get install valgrind)")
         large = None if args.skip_large else large_artifact(uri_for("bench_large"), gcs, work, args.large_mib)
         profile = profile_search(shared, dest)
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         text = (f"Run {when} on {os.cpu_count()} cores, {args.cycles} interleaved cycles, "
                 f"{args.seconds:.0f} s per throughput run, {WORKERS} workers each side.\n\n"
-                + table(cold, tput, auth, large, image_size_mb())
+                + table(cold, tput, auth, instructions, large, None if args.skip_image else image_sizes())
                 + "\n\n<details><summary>Profile: one search_runs of 1000 runs, in-process (cProfile, "
                 "cumulative)</summary>\n\n```\n" + profile.strip() + "\n```\n</details>\n\nRaw samples: `"
-                + json.dumps({"cold": cold, "log_metric": {"ours": tput["metric_ours"], "baseline": tput["metric_base"]},
-                             "auth": auth}, default=lambda x: round(x, 3)) + "`")
+                + json.dumps(rounded({"cold": cold, "log_metric": {"ours": tput["metric_ours"],
+                                                                    "baseline": tput["metric_base"]},
+                                      "auth": auth, "auth_instructions": instructions})) + "`")
         print(text)
         if not args.no_doc:
             write_doc(text)
