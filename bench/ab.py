@@ -1,13 +1,14 @@
 """Before/after for one server change: the working tree against an earlier commit, interleaved.
 
-    .venv/bin/python -m bench.ab f1d12a4                 # log_metric, 8 client threads
+    .venv/bin/python -m bench.ab f1d12a4                 # log_metric (8 threads), log_batch
     .venv/bin/python -m bench.ab f1d12a4 --cycles 3 --rounds 10 --window 3
 
 The commit is checked out into a temporary git worktree and served by its own entry-point.sh,
 with this checkout's venv (so only changes that keep the locks compare fairly). Each cycle
 starts both servers afresh on one database and loads them in turn, A B then B A, so the
-machine's drift falls on both; it prints the median req/s, the median of the per-round
-ratios with its 95 % interval, and the server CPU per request. This is how the
+machine's drift falls on both: a window of `log_metric` from 8 client threads, then two
+`log_batch` calls of 1000 metrics. It prints the median req/s, the server CPU per request and
+the `log_batch` latency, each with the median of the per-round ratios and its 95 % interval. This is how the
 before/after rows in docs/benchmarks.md are measured.
 """
 
@@ -20,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import ROOT, median, services
-from bench.run import log_metric_rate, metric_runs, paired_ratio
+from bench.run import log_batch_latencies, log_metric_rate, metric_runs, paired_ratio
 from bench.servers import Running, start
 
 
@@ -34,16 +35,16 @@ def worktree(ref: str) -> Path:
 
 
 def compare(before_root: Path, uri: str, dest: str, work: Path, cycles: int, rounds: int, window: float) -> dict:
-    out = {side: {"rps": [], "cpu_ms": []} for side in ("before", "after")}
+    out = {side: {"rps": [], "cpu_ms": [], "batch_s": []} for side in ("before", "after")}
     for _ in range(cycles):
         servers: dict[str, Running] = {}
         try:
             for side, root in (("before", before_root), ("after", ROOT)):  # one at a time: migrations
                 servers[side] = start("ours", uri, dest, work, app_root=root)
                 servers[side].wait_first_api_ok()
-            runs = {}
+            runs, experiments = {}, {}
             for side, s in servers.items():
-                _, runs[side] = metric_runs(s, f"ab-{side}")
+                experiments[side], runs[side] = metric_runs(s, f"ab-{side}")
                 log_metric_rate(s, runs[side], 2)  # warm
             for round_ in range(rounds):
                 for side in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
@@ -51,6 +52,7 @@ def compare(before_root: Path, uri: str, dest: str, work: Path, cycles: int, rou
                     cpu, served = s.cpu_seconds(), s.requests_served()
                     out[side]["rps"].append(log_metric_rate(s, runs[side], window))
                     out[side]["cpu_ms"].append((s.cpu_seconds() - cpu) / (s.requests_served() - served) * 1000)
+                    out[side]["batch_s"] += log_batch_latencies(s, experiments[side], 2)
         finally:
             for s in servers.values():
                 s.stop()
@@ -81,6 +83,8 @@ def main() -> None:
     print(f"| req/s (median) | {median(b['rps']):.0f} | {median(a['rps']):.0f} | {paired_ratio(a['rps'], b['rps'])} |")
     print(f"| server CPU per request (ms, median) | {median(b['cpu_ms']):.2f} | {median(a['cpu_ms']):.2f} | "
           f"{paired_ratio(a['cpu_ms'], b['cpu_ms'])} |")
+    print(f"| `log_batch` of 1000 metrics, p50 (ms) | {median(b['batch_s']) * 1000:.0f} | "
+          f"{median(a['batch_s']) * 1000:.0f} | {paired_ratio(a['batch_s'], b['batch_s'])} |")
 
 
 if __name__ == "__main__":

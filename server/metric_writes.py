@@ -1,21 +1,25 @@
-"""``log_metric`` on PostgreSQL in one statement instead of MLflow's five.
+"""Metric writes on PostgreSQL in one statement instead of MLflow's ORM round trips.
 
-MLflow's ``SqlAlchemyStore.log_metric`` loads the run through the ORM, inserts the metric,
-selects the run's latest-metric keys, locks them with ``SELECT ... FOR UPDATE`` and updates
-them at commit: five statements and about 3 ms of ORM work per call, the larger part of a
-worker's CPU when training scripts log metrics step by step.
+``log_metric`` and ``log_batch`` both store their metrics through
+``SqlAlchemyStore._log_metrics_once``: it loads the run through the ORM, builds one ORM object
+per metric, flushes them, selects the run's latest-metric keys, locks them with ``SELECT ...
+FOR UPDATE`` and updates them at commit. For one ``log_metric`` that is five statements and
+about 3 ms of ORM work, the larger part of a worker's CPU when training scripts log step by
+step; for a ``log_batch`` of 1000 metrics, a thousand ORM objects.
 
-On PostgreSQL the same effect is one statement: read the run's lifecycle stage; if it is
-active, insert the metric (a duplicate is ignored and changes nothing, as in MLflow) and, if
-it was inserted, upsert the run's latest value for the key, replacing it only when the new
-metric is strictly newer by (step, timestamp, value), MLflow's own order. The upsert locks the one row it touches, so
-concurrent writers to the same key serialise in the database, as they do under MLflow's
-``FOR UPDATE``.
+On PostgreSQL the same effect is one statement with the metrics as arrays: read the run's
+lifecycle stage; if it is active, insert the metrics (a duplicate, within the call or already
+stored, is skipped and changes nothing, as in MLflow) and, per key, upsert the run's latest
+value from the metrics actually inserted, replacing it only when strictly newer by (step,
+timestamp, value): MLflow's own order, ties going to the first in the call. Rows are
+inserted and locked in one order (by key), so concurrent writers to one run do not deadlock
+each other, and concurrent writers to one key serialise on its latest-value row, as they do
+under MLflow's ``FOR UPDATE``. MLflow's retry on deadlocks still wraps every attempt.
 
-Everything else keeps MLflow's path: metrics of a logged model, other databases, and
-workspace-scoped stores. Validation, value sanitising (NaN, infinities) and error messages
-are MLflow's own functions. Pinned to MLflow 3.17's schema; ``tests/test_metric_writes.py``
-compares what both paths store and answer.
+Everything else keeps MLflow's path: other databases and workspace-scoped stores; metrics of
+logged models never came here. Validation (with MLflow's per-item error paths), value
+sanitising (NaN, infinities) and error messages are MLflow's own functions. Pinned to MLflow
+3.17's schema; ``tests/test_metric_writes.py`` compares what both paths store and answer.
 """
 
 from __future__ import annotations
@@ -30,21 +34,30 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.validation import _validate_metric
 from sqlalchemy import text
 
-# Data-modifying CTEs run exactly once whether or not the final SELECT reads them; `latest`
+# Data-modifying CTEs run exactly once whether or not the final SELECT reads them; `newest`
 # reads `logged`, so a duplicate (nothing inserted) leaves the latest value alone.
-_LOG_METRIC = text("""
+_LOG_METRICS = text("""
 WITH run AS (
     SELECT run_uuid, lifecycle_stage FROM runs WHERE run_uuid = :run_id
+), batch AS (
+    SELECT * FROM unnest(CAST(:keys AS varchar[]), CAST(:metric_values AS double precision[]),
+                         CAST(:timestamps AS bigint[]), CAST(:steps AS bigint[]), CAST(:is_nans AS boolean[]))
+        WITH ORDINALITY AS b(key, value, timestamp, step, is_nan, position)
 ), logged AS (
     INSERT INTO metrics (key, value, timestamp, step, is_nan, run_uuid)
-    SELECT CAST(:key AS varchar), CAST(:value AS double precision), CAST(:timestamp AS bigint),
-           CAST(:step AS bigint), CAST(:is_nan AS boolean), run_uuid
-    FROM run WHERE lifecycle_stage = :active
+    SELECT b.key, b.value, b.timestamp, b.step, b.is_nan, run.run_uuid
+    FROM batch b CROSS JOIN run
+    WHERE run.lifecycle_stage = :active
+    ORDER BY b.key, b.timestamp, b.step, b.value, b.is_nan
     ON CONFLICT DO NOTHING
     RETURNING key, value, timestamp, step, is_nan, run_uuid
+), newest AS (
+    SELECT DISTINCT ON (logged.key) logged.*
+    FROM logged JOIN batch USING (key, value, timestamp, step, is_nan)
+    ORDER BY logged.key, logged.step DESC, logged.timestamp DESC, logged.value DESC, batch.position
 ), latest AS (
     INSERT INTO latest_metrics AS old (key, value, timestamp, step, is_nan, run_uuid)
-    SELECT key, value, timestamp, step, is_nan, run_uuid FROM logged
+    SELECT key, value, timestamp, step, is_nan, run_uuid FROM newest
     ON CONFLICT (key, run_uuid) DO UPDATE
     SET value = EXCLUDED.value, timestamp = EXCLUDED.timestamp, step = EXCLUDED.step,
         is_nan = EXCLUDED.is_nan
@@ -53,37 +66,34 @@ WITH run AS (
 SELECT run_uuid, lifecycle_stage FROM run
 """)
 
-_mlflow_log_metric = SqlAlchemyStore.log_metric
+_mlflow_log_metrics_once = SqlAlchemyStore._log_metrics_once
 
 
-def _takes_fast_path(store: SqlAlchemyStore, metric) -> bool:
-    return (
-        store.db_type == POSTGRES
-        and metric.model_id is None
-        # Workspace-aware subclasses scope their queries; they keep MLflow's path.
-        and type(store)._get_query is SqlAlchemyStore._get_query
-    )
+def _takes_fast_path(store: SqlAlchemyStore) -> bool:
+    # Workspace-aware subclasses scope their queries; they keep MLflow's path.
+    return store.db_type == POSTGRES and type(store)._get_query is SqlAlchemyStore._get_query
 
 
-def log_metric(self: SqlAlchemyStore, run_id: str, metric) -> None:
-    if not _takes_fast_path(self, metric):
-        return _mlflow_log_metric(self, run_id, metric)
-    _validate_metric(metric.key, metric.value, metric.timestamp, metric.step)
-    is_nan, value = self.sanitize_metric_value(metric.value)
-    params = {"run_id": run_id, "active": LifecycleStage.ACTIVE, "key": metric.key, "value": value,
-              "timestamp": metric.timestamp, "step": metric.step, "is_nan": is_nan}
-    return self._run_with_deadlock_retry(_write, self, run_id, params)
-
-
-def _write(store: SqlAlchemyStore, run_id: str, params: dict) -> None:
-    with store.ManagedSessionMaker(read_only=False) as session:
-        run = session.execute(_LOG_METRIC, params).first()
+def log_metrics_once(self: SqlAlchemyStore, run_id: str, metrics) -> None:
+    if not _takes_fast_path(self):
+        return _mlflow_log_metrics_once(self, run_id, metrics)
+    columns = {"keys": [], "metric_values": [], "timestamps": [], "steps": [], "is_nans": []}
+    single = len(metrics) == 1
+    for idx, metric in enumerate(metrics):
+        _validate_metric(metric.key, metric.value, metric.timestamp, metric.step,
+                         path="" if single else f"metrics[{idx}]")
+        is_nan, value = self.sanitize_metric_value(metric.value)
+        for column, item in zip(columns.values(), (metric.key, value, metric.timestamp, metric.step, is_nan),
+                                strict=True):
+            column.append(item)
+    with self.ManagedSessionMaker(read_only=False) as session:
+        run = session.execute(_LOG_METRICS, {"run_id": run_id, "active": LifecycleStage.ACTIVE, **columns}).first()
         if run is None:
             raise MlflowException(f"Run with id={run_id} not found", RESOURCE_DOES_NOT_EXIST)
         # MLflow's own check and message; nothing was written when it fails.
-        store._check_run_is_active(SimpleNamespace(run_uuid=run.run_uuid, lifecycle_stage=run.lifecycle_stage))
+        self._check_run_is_active(SimpleNamespace(run_uuid=run.run_uuid, lifecycle_stage=run.lifecycle_stage))
 
 
 def install() -> None:
     """Use the one-statement path for every tracking store of this process."""
-    SqlAlchemyStore.log_metric = log_metric
+    SqlAlchemyStore._log_metrics_once = log_metrics_once

@@ -1,16 +1,20 @@
-"""server.metric_writes stores and answers exactly what MLflow's own log_metric does.
+"""server.metric_writes stores and answers exactly what MLflow's own metric writes do.
 
-MLflow's path is the oracle: the same sequence of metrics (out of order, duplicates, NaN,
-infinities, ties broken by timestamp then value) and of bad calls (missing or deleted run,
-invalid values) goes through both paths into two databases on a real PostgreSQL; the rows
-in ``metrics`` and ``latest_metrics``, what the store reads back and every error must be
-equal. Then: it is one statement, concurrent writers leave the true latest value, a
-logged model's metric still takes MLflow's path, and the server installs it.
+MLflow's path is the oracle: the same sequence of ``log_metric`` calls (out of order,
+duplicates, NaN, infinities, ties broken by timestamp then value) and of ``log_batch`` calls
+(duplicates within a call and already stored, keys in any order, ties within a call, NaN
+beside a real zero, invalid items), and of bad calls (missing or deleted run, invalid
+values), goes through the store's public methods with each path into two databases on a real
+PostgreSQL; the rows in ``metrics`` and ``latest_metrics``, what the store reads back and
+every error must be equal. Then: it is one statement, concurrent writers (single metrics and
+overlapping batches) leave the true latest values and surface no deadlock, a logged model's
+metric still reaches the model, and the server installs it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import math
 import os
@@ -19,7 +23,7 @@ import subprocess
 import sys
 
 import pytest
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from sqlalchemy import event
@@ -30,10 +34,11 @@ from tests.services import ROOT
 
 T0 = 1_700_000_000_000
 BIG = 2**62 + 1
+PATHS = {"mlflow": metric_writes._mlflow_log_metrics_once, "ours": metric_writes.log_metrics_once}
 
 # (run, key, value, timestamp, step): run "a" and "b" are active, "deleted" is deleted,
 # "missing" does not exist.
-SEQUENCE = [
+SINGLE = [
     ("a", "loss", 1.0, T0, 0),
     ("a", "loss", 0.5, T0 + 10, 2),
     ("a", "loss", 0.7, T0 + 20, 1),  # older step logged later: latest stays step 2
@@ -64,6 +69,35 @@ SEQUENCE = [
     ("a", "", 1.0, T0, 0),
 ]
 
+# (run, [(key, value, timestamp, step), ...]) for log_batch
+BATCHES = [
+    ("a", [("z", 1.0, T0, 0), ("y", 2.0, T0, 0), ("z", 3.0, T0, 1), ("x", 0.5, T0, 0)]),
+    ("a", [("z", 3.0, T0, 1), ("z", 3.0, T0, 1), ("y", 1.0, T0, 5)]),  # stored and in-call duplicates
+    ("a", [("t", 0.0, T0, 4), ("t", math.nan, T0, 4)]),  # same (step, timestamp, value): first wins
+    ("a", [("u", math.nan, T0, 4), ("u", 0.0, T0, 4)]),  # and the other way round
+    ("a", [("w", math.nan, T0, 1), ("w", math.nan, T0, 1), ("w", math.inf, T0, 0)]),
+    ("a", [(f"k{i:03d}", float(i), T0 + i, i % 7) for i in range(300)][::-1]),  # many keys, reversed
+    ("a", [("z", 9.0, T0 + 1, 1), ("z", 8.0, T0 + 1, 1), ("z", 9.0, T0, 1)]),  # newer than stored
+    ("a", [("v", 1.0, T0, 2), ("v", 3.0, T0, 2), ("v", 2.0, T0, 2)]),  # same step and time: the largest value
+    ("a", []),  # params only
+    ("b", [("y", 5.0, T0, 0)]),
+    ("a", [("ok", 1.0, T0, 0), ("bad", None, T0, 0)]),  # an invalid item: nothing is stored
+    ("a", [("ok", 1.0, T0, 0), ("bad", 1.0, -5, 0)]),
+    ("deleted", [("z", 1.0, T0, 0)]),
+    ("missing", [("z", 1.0, T0, 0)]),
+]
+
+
+@contextlib.contextmanager
+def path(name: str):
+    """Metric writes go through MLflow's path or ours (the store's public methods unchanged)."""
+    saved = SqlAlchemyStore._log_metrics_once
+    SqlAlchemyStore._log_metrics_once = PATHS[name]
+    try:
+        yield
+    finally:
+        SqlAlchemyStore._log_metrics_once = saved
+
 
 def make_store(postgres, name: str) -> SqlAlchemyStore:
     """A tracking store on a fresh database, through the driver the server uses."""
@@ -81,15 +115,23 @@ def make_runs(store: SqlAlchemyStore) -> dict[str, str]:
     return runs
 
 
-def apply(log_metric, store: SqlAlchemyStore, runs: dict[str, str]) -> list[str]:
-    """Log SEQUENCE; the outcome of each call, with run ids replaced by their labels."""
-    outcomes = []
-    for label, key, value, timestamp, step in SEQUENCE:
-        try:
-            log_metric(store, runs[label], Metric(key, value, timestamp, step))
-            outcomes.append("ok")
-        except MlflowException as exc:
-            outcomes.append(f"{exc.error_code}: {exc.message.replace(runs[label], label)}")
+def outcome(call, label: str, runs: dict[str, str]) -> str:
+    try:
+        call()
+        return "ok"
+    except MlflowException as exc:
+        return f"{exc.error_code}: {exc.message.replace(runs[label], label)}"
+
+
+def apply(store: SqlAlchemyStore, runs: dict[str, str]) -> list[str]:
+    """Log SINGLE, then BATCHES; the outcome of each call, with run ids replaced by labels."""
+    outcomes = [outcome(lambda r=runs[label], m=(key, value, ts, step): store.log_metric(r, Metric(*m)), label, runs)
+                for label, key, value, ts, step in SINGLE]
+    for i, (label, items) in enumerate(BATCHES):
+        metrics = [Metric(*item) for item in items]
+        params = [Param(f"p{i}", "v")]  # log_batch's own statements stay MLflow's
+        outcomes.append(outcome(lambda r=runs[label], m=metrics, p=params: store.log_batch(r, m, p, [RunTag("t", "v")]),
+                                label, runs))
     return outcomes
 
 
@@ -97,49 +139,55 @@ def stored(store: SqlAlchemyStore, runs: dict[str, str]) -> dict:
     def rows(table, run_id):
         with store.engine.connect() as conn:
             return sorted(conn.exec_driver_sql(
-                f"SELECT key, value, timestamp, step, is_nan FROM {table} WHERE run_uuid = %s", (run_id,)).all())
+                f"SELECT key, value, timestamp, step, is_nan FROM {table} WHERE run_uuid = %s", (run_id,)).all(),
+                key=repr)
 
     out = {}
     for label in ("a", "b", "deleted"):
         run_id = runs[label]
         run = store.get_run(run_id)
         latest = {m.key: (m.value, m.timestamp, m.step) for m in run.data._metric_objs}
-        history = {key: sorted((m.value, m.timestamp, m.step) for m in store.get_metric_history(run_id, key))
-                   for key in latest}
+        history = {key: sorted(((m.value, m.timestamp, m.step) for m in store.get_metric_history(run_id, key)),
+                               key=repr) for key in latest}
         out[label] = {"metrics": rows("metrics", run_id), "latest_metrics": rows("latest_metrics", run_id),
-                      "latest": repr(latest), "history": repr(history)}
+                      "latest": repr(sorted(latest.items())), "history": repr(sorted(history.items())),
+                      "params": sorted(run.data.params.items())}
     return out
 
 
 @pytest.fixture(scope="module")
 def both(postgres):
-    """The oracle's and ours: (outcomes, stored rows) of SEQUENCE through each path."""
+    """The oracle's and ours: (outcomes, stored rows) of the calls through each path."""
     results = {}
-    for name, log_metric in (("mlflow", metric_writes._mlflow_log_metric), ("ours", metric_writes.log_metric)):
+    for name in PATHS:
         store = make_store(postgres, f"metric_writes_{name}")
         runs = make_runs(store)
-        results[name] = (apply(log_metric, store, runs), stored(store, runs))
+        with path(name):
+            results[name] = (apply(store, runs), stored(store, runs))
     return results
 
 
 def test_same_answers_as_mlflow(both):
     mlflow_outcomes, ours = both["mlflow"][0], both["ours"][0]
     assert ours == mlflow_outcomes
-    # the sequence exercises both kinds of answer, so equality says something
+    # the calls exercise every kind of answer, so equality says something
     assert "ok" in ours and any(o.startswith("RESOURCE_DOES_NOT_EXIST") for o in ours)
     assert any("must be in the 'active' state" in o for o in ours)
+    assert any("metrics[1]" in o for o in ours)  # a batch item's error names its position
 
 
 def test_same_rows_and_reads_as_mlflow(both):
     assert both["ours"][1] == both["mlflow"][1]
-    latest = dict((k, (v, t, s)) for k, v, t, s, _ in both["ours"][1]["a"]["latest_metrics"])
-    assert latest["loss"] == (0.6, T0 + 10, 2)
+    latest = {k: (v, t, s, n) for k, v, t, s, n in both["ours"][1]["a"]["latest_metrics"]}
+    assert latest["loss"] == (0.6, T0 + 10, 2, False)
+    assert latest["z"] == (9.0, T0 + 1, 1, False) and latest["v"] == (3.0, T0, 2, False)
+    assert latest["t"] == (0.0, T0, 4, False) and latest["u"] == (0.0, T0, 4, True)  # the first of a tie
+    assert len([k for k in latest if k.startswith("k")]) == 300
+    assert not any(row[0] in ("ok", "bad") for row in both["ours"][1]["a"]["metrics"])
     assert both["ours"][1]["deleted"]["metrics"] == []
 
 
-def test_one_statement_per_call(postgres):
-    store = make_store(postgres, "metric_writes_count")
-    run = make_runs(store)["a"]
+def count_statements(store: SqlAlchemyStore, call) -> list[str]:
     statements = []
 
     def count(conn, cursor, statement, *args):
@@ -147,36 +195,52 @@ def test_one_statement_per_call(postgres):
 
     event.listen(store.engine, "before_cursor_execute", count)
     try:
-        metric_writes.log_metric(store, run, Metric("m", 1.0, T0, 0))
-        ours = [s for s in statements if s.strip() != "SELECT 1"]  # SQLAlchemy's pool pre-ping
-        statements.clear()
-        metric_writes._mlflow_log_metric(store, run, Metric("m", 2.0, T0, 1))
-        theirs = [s for s in statements if s.strip() != "SELECT 1"]
+        call()
     finally:
         event.remove(store.engine, "before_cursor_execute", count)
-    assert len(ours) == 1 and len(theirs) >= 4
+    return [s for s in statements if s.strip() != "SELECT 1"]  # SQLAlchemy's pool pre-ping
 
 
-def test_concurrent_writers_leave_the_newest_value(postgres):
+def test_one_statement_per_call(postgres):
+    store = make_store(postgres, "metric_writes_count")
+    run = make_runs(store)["a"]
+    batch = [Metric(f"m{i}", float(i), T0, 0) for i in range(100)]
+    counts = {}
+    for name in PATHS:
+        with path(name):
+            log_metric = count_statements(store, lambda: store.log_metric(run, Metric("m", 1.0, T0, len(counts))))
+            log_batch = count_statements(store, lambda: store.log_batch(run, batch, [], []))
+            counts[name] = (log_metric, [s for s in log_batch if "metrics" in s])
+    assert len(counts["ours"][0]) == 1 and len(counts["mlflow"][0]) >= 4
+    assert len(counts["ours"][1]) == 1 and len(counts["mlflow"][1]) >= 3
+
+
+def test_concurrent_writers_leave_the_newest_values(postgres):
     store = make_store(postgres, "metric_writes_concurrent")
     run = make_runs(store)["a"]
     rng = random.Random(7)
-    metrics = [Metric("m", rng.choice([0.1, 0.2, 0.3]), T0 + rng.randrange(20), rng.randrange(50))
+    singles = [Metric("m", rng.choice([0.1, 0.2, 0.3]), T0 + rng.randrange(20), rng.randrange(50))
                for _ in range(400)]
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda m: metric_writes.log_metric(store, run, m), metrics))
-    newest = max((m.step, m.timestamp, m.value) for m in metrics)
-    (latest,) = store.get_run(run).data._metric_objs
-    assert (latest.step, latest.timestamp, latest.value) == newest
-    assert len(store.get_metric_history(run, "m")) == len(set(metrics))
+    # overlapping batches, keys in different orders: the same rows locked in one order
+    batches = [[Metric(f"b{k}", rng.choice([1.0, 2.0]), T0, rng.randrange(30)) for k in rng.sample(range(20), 20)]
+               for _ in range(60)]
+    with path("ours"), concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda m: store.log_metric(run, m), singles))
+        list(pool.map(lambda b: store.log_batch(run, b, [], []), batches))
+    latest = {m.key: (m.step, m.timestamp, m.value) for m in store.get_run(run).data._metric_objs}
+    assert latest["m"] == max((m.step, m.timestamp, m.value) for m in singles)
+    for k in range(20):
+        assert latest[f"b{k}"] == max((m.step, m.timestamp, m.value) for b in batches for m in b if m.key == f"b{k}")
+    assert len(store.get_metric_history(run, "m")) == len(set(singles))
 
 
-def test_logged_model_metric_keeps_mlflow_path(postgres):
+def test_logged_model_metric_still_reaches_the_model(postgres):
     store = make_store(postgres, "metric_writes_model")
     runs = make_runs(store)
     experiment = store.get_run(runs["a"]).info.experiment_id
     model = store.create_logged_model(experiment_id=experiment, source_run_id=runs["a"])
-    metric_writes.log_metric(store, runs["a"], Metric("auc", 0.9, T0, 0, model_id=model.model_id))
+    with path("ours"):
+        store.log_metric(runs["a"], Metric("auc", 0.9, T0, 0, model_id=model.model_id))
     assert [(m.key, m.value) for m in store.get_logged_model(model.model_id).metrics] == [("auc", 0.9)]
     assert store.get_run(runs["a"]).data.metrics == {"auc": 0.9}
 
@@ -202,13 +266,17 @@ statements.clear()
 logged = client.post("/api/2.0/mlflow/runs/log-metric", headers=auth,
                      json={"run_id": run_id, "key": "m", "value": 0.5, "timestamp": 1, "step": 3})
 during_log_metric = [s for s in statements if s.strip() != "SELECT 1"]  # not SQLAlchemy's pre-ping
+statements.clear()
+batch = client.post("/api/2.0/mlflow/runs/log-batch", headers=auth, json={"run_id": run_id, "metrics": [
+    {"key": "m", "value": 0.25, "timestamp": 2, "step": 4}, {"key": "n", "value": 1.0, "timestamp": 2, "step": 0}]})
+metric_statements_in_batch = [s for s in statements if "metrics" in s]
 got = client.get(f"/api/2.0/mlflow/runs/get?run_id={run_id}", headers=auth).get_json()
-print(json.dumps({"status": logged.status_code, "statements": during_log_metric,
-                  "metrics": got["run"]["data"]["metrics"]}))
+print(json.dumps({"status": [logged.status_code, batch.status_code], "statements": during_log_metric,
+                  "batch_statements": metric_statements_in_batch, "metrics": got["run"]["data"]["metrics"]}))
 """
 
 
-def test_the_server_logs_metrics_in_one_statement(postgres, tmp_path):
+def test_the_server_writes_metrics_in_one_statement(postgres, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WSGI_AUTH"))}
     env.update(MLFLOW_BACKEND_STORE_URI=postgres.create_database("metric_writes_server"),
                MLFLOW_AUTH_USERS="alice:Long-enough-passw0rd", MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path),
@@ -217,6 +285,8 @@ def test_the_server_logs_metrics_in_one_statement(postgres, tmp_path):
                          timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["status"] == 200
+    assert result["status"] == [200, 200]
     assert [s.split()[0] for s in result["statements"]] == ["WITH"]
-    assert result["metrics"] == [{"key": "m", "value": 0.5, "timestamp": 1, "step": 3}]
+    assert [s.split()[0] for s in result["batch_statements"]] == ["WITH"]
+    assert sorted(result["metrics"], key=lambda m: m["key"]) == [
+        {"key": "m", "value": 0.25, "timestamp": 2, "step": 4}, {"key": "n", "value": 1.0, "timestamp": 2, "step": 0}]
