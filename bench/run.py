@@ -368,14 +368,17 @@ def image_sizes() -> dict[str, float] | None:
     return {"ours": inspect(ours)["Size"] / 1e6, "official_like": inspect("mlflow-official-like:bench")["Size"] / 1e6}
 
 
-def profile_search(uri: str, dest: str, experiment_name_prefix: str = "search-1000-") -> str:
-    """cProfile of one search_runs of 1000 runs, run in-process through the WSGI app.
+PROFILED = {"search_runs": "one search_runs of 1000 runs", "log_batch": "one log_batch of 1000 metrics"}
+
+
+def profile_calls(uri: str, dest: str, experiment_name_prefix: str = "search-1000-") -> dict[str, str]:
+    """cProfile of one call of each kind in PROFILED, run in-process through the WSGI app.
 
     The garbage collector is set up by gunicorn.conf.py's own hooks, as in a worker; the time
     spent in collections (invisible to cProfile) is printed first.
     """
     script = f"""
-import cProfile, gc, io, os, pstats, base64, json, runpy, time
+import cProfile, gc, io, itertools, os, pstats, base64, json, runpy, time
 os.environ.update(MLFLOW_BACKEND_STORE_URI={uri!r}, MLFLOW_ARTIFACTS_DESTINATION={dest!r},
                   MLFLOW_AUTH_USERS={":".join(USER)!r}, MLFLOW_SECRETS_DIR="", LOG_LEVEL="warning")
 from server.app import create_app
@@ -394,27 +397,38 @@ def on_gc(phase, info):
 gc.callbacks.append(on_gc)
 client = Client(app)
 auth = {{"Authorization": "Basic " + base64.b64encode(b"{USER[0]}:{USER[1]}").decode()}}
+
+def profile(name, path, make_body):
+    client.post(path, json=make_body(), headers=auth)  # warm
+    gc_seconds[0] = 0.0
+    started = time.perf_counter()
+    r = client.post(path, json=make_body(), headers=auth)
+    print(f"=== {{name}}")
+    print(f"one call without the profiler: {{time.perf_counter() - started:.3f}} s, "
+          f"of which garbage collection {{gc_seconds[0]:.3f}} s; response {{len(r.data)}} bytes")
+    prof = cProfile.Profile()
+    prof.enable()
+    r = client.post(path, json=make_body(), headers=auth)
+    prof.disable()
+    assert r.status_code == 200, r.data[:300]
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
+    print(out.getvalue())
+    return r
+
 exps = client.post("/api/2.0/mlflow/experiments/search", json={{"max_results": 1000}}, headers=auth).get_json()
 exp = next(e["experiment_id"] for e in exps["experiments"] if e["name"].startswith({experiment_name_prefix!r}))
-body = {{"experiment_ids": [exp], "max_results": 1000}}
-client.post("/api/2.0/mlflow/runs/search", json=body, headers=auth)  # warm
-gc_seconds[0] = 0.0
-started = time.perf_counter()
-r = client.post("/api/2.0/mlflow/runs/search", json=body, headers=auth)
-print(f"one call without the profiler: {{time.perf_counter() - started:.3f}} s, "
-      f"of which garbage collection {{gc_seconds[0]:.3f}} s; response {{len(r.data)}} bytes")
-prof = cProfile.Profile()
-prof.enable()
-r = client.post("/api/2.0/mlflow/runs/search", json=body, headers=auth)
-prof.disable()
-assert r.status_code == 200 and len(r.get_json()["runs"]) == 1000
-out = io.StringIO()
-pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(25)
-print(out.getvalue())
+r = profile("search_runs", "/api/2.0/mlflow/runs/search", lambda: {{"experiment_ids": [exp], "max_results": 1000}})
+assert len(r.get_json()["runs"]) == 1000
+run = client.post("/api/2.0/mlflow/runs/create", json={{"experiment_id": exp}}, headers=auth).get_json()["run"]
+steps = itertools.count()
+profile("log_batch", "/api/2.0/mlflow/runs/log-batch", lambda: {{"run_id": run["info"]["run_id"], "metrics": [
+    {{"key": "x", "value": float(i), "timestamp": 0, "step": next(steps)}} for i in range(1000)]}})
 """
     result = subprocess.run([os.sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
-    return result.stdout[:9000] or result.stderr[-3000:]
+    sections = dict(part.split("\n", 1) for part in result.stdout.split("=== ")[1:])
+    return {name: sections.get(name, result.stderr[-3000:])[:9000] for name in PROFILED}
 
 
 # ---------------------------------------------------------------- report
@@ -538,13 +552,14 @@ def main() -> None:
             else:
                 print("auth instructions skipped: valgrind is not installed (apt-get install valgrind)")
         large = None if args.skip_large else large_artifact(uri_for("bench_large"), gcs, work, args.large_mib)
-        profile = profile_search(shared, dest)
+        profiles = profile_calls(shared, dest)
         when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         text = (f"Run {when} on {os.cpu_count()} cores, {args.cycles} interleaved cycles, "
                 f"{args.seconds:.0f} s per throughput run, {WORKERS} workers each side.\n\n"
                 + table(cold, tput, auth, instructions, large, None if args.skip_image else image_sizes())
-                + "\n\n<details><summary>Profile: one search_runs of 1000 runs, in-process (cProfile, "
-                "cumulative)</summary>\n\n```\n" + profile.strip() + "\n```\n</details>\n\nRaw samples: `"
+                + "".join(f"\n\n<details><summary>Profile: {PROFILED[name]}, in-process (cProfile, cumulative)"
+                          f"</summary>\n\n```\n{text.strip()}\n```\n</details>" for name, text in profiles.items())
+                + "\n\nRaw samples: `"
                 + json.dumps(rounded({"cold": cold, "log_metric": {"ours": tput["metric_ours"],
                                                                     "baseline": tput["metric_base"]},
                                       "auth": auth, "auth_instructions": instructions})) + "`")
