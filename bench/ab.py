@@ -8,8 +8,8 @@ with this checkout's venv (so only changes that keep the locks compare fairly). 
 starts both servers afresh on one database and loads them in turn, A B then B A, so the
 machine's drift falls on both: a window of `log_metric` from 8 client threads, then two
 `log_batch` calls of 1000 metrics. It prints the median req/s, the server CPU per request and
-the `log_batch` latency, each with the median of the per-round ratios and its 95 % interval. This is how the
-before/after rows in docs/benchmarks.md are measured.
+the `log_batch` latency, each with the median of the per-round ratios and its 95 % interval.
+This is how the before/after rows in docs/benchmarks.md are measured.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import ROOT, median, services
-from bench.run import log_batch_latencies, log_metric_rate, metric_runs, paired_ratio
+from bench.run import log_batch_latencies, log_metric_rate, measured_window, metric_runs, paired_ratio
 from bench.servers import Running, start
 
 
@@ -48,11 +48,10 @@ def compare(before_root: Path, uri: str, dest: str, work: Path, cycles: int, rou
                 log_metric_rate(s, runs[side], 2)  # warm
             for round_ in range(rounds):
                 for side in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
-                    s = servers[side]
-                    cpu, served = s.cpu_seconds(), s.requests_served()
-                    out[side]["rps"].append(log_metric_rate(s, runs[side], window))
-                    out[side]["cpu_ms"].append((s.cpu_seconds() - cpu) / (s.requests_served() - served) * 1000)
-                    out[side]["batch_s"] += log_batch_latencies(s, experiments[side], 2)
+                    rate, cpu_ms = measured_window(servers[side], runs[side], window)
+                    out[side]["rps"].append(rate)
+                    out[side]["cpu_ms"].append(cpu_ms)
+                    out[side]["batch_s"] += log_batch_latencies(servers[side], experiments[side], 2)
         finally:
             for s in servers.values():
                 s.stop()

@@ -15,7 +15,6 @@ server's own work is outside the process and the same for all three.
 from __future__ import annotations
 
 import argparse
-import base64
 import glob
 import os
 import shutil
@@ -26,33 +25,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import ROOT, USER
+from bench.common import AUTH_HEADER, ROOT, USER, in_process_app
 
 KINDS = ("plain", "bcrypt", "noauth")
 
 
 def inner(uri: str, bcrypt_line: str, rounds: int, requests: int, sync: Path) -> None:
     """Runs under valgrind: waits for `go<i>` before block i, writes `done<i>` (its kind) after."""
-    import runpy
-
     from werkzeug.test import Client
 
-    from server.app import create_app
     from server.auth import BasicAuthMiddleware
-    from server.config import load_settings
     from server.failures import FailureLimiter
     from server.users import merge, parse_htpasswd
 
-    os.environ.update(MLFLOW_BACKEND_STORE_URI=uri, MLFLOW_ARTIFACTS_DESTINATION=str(sync / "artifacts"),
-                      MLFLOW_AUTH_USERS=":".join(USER), MLFLOW_SECRETS_DIR="", LOG_LEVEL="warning")
-    app = create_app(load_settings())  # the auth layer outermost, plain password
+    app = in_process_app(uri, str(sync / "artifacts"))  # the auth layer outermost, plain password
     hashed = merge(parse_htpasswd(bcrypt_line, "bench"))
     apps = {"plain": app, "noauth": app.app,
             "bcrypt": BasicAuthMiddleware(app.app, users=lambda: hashed, limiter=FailureLimiter(10**6, 60))}
-    conf = runpy.run_path(str(ROOT / "server" / "gunicorn.conf.py"))
-    conf["when_ready"](None)
-    conf["post_fork"](None, None)  # garbage collection as in a worker
-    headers = {"Authorization": "Basic " + base64.b64encode(":".join(USER).encode()).decode()}
+    headers = {"Authorization": AUTH_HEADER}
     clients = {kind: Client(a) for kind, a in apps.items()}
     experiment = clients["plain"].post("/api/2.0/mlflow/experiments/create", json={"name": "instructions"},
                                        headers=headers).get_json()["experiment_id"]

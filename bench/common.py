@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import random
 import statistics
 import sys
@@ -14,6 +16,24 @@ sys.path.insert(0, str(ROOT))
 from tests.services import GcsEmulator, Postgres  # noqa: E402
 
 USER = ("bench", "bench-Passw0rd-123")
+AUTH_HEADER = "Basic " + base64.b64encode(":".join(USER).encode()).decode()
+
+
+def in_process_app(uri: str, destination: str):
+    """The real app, built in this process as a gunicorn worker has it: ``create_app`` with the
+    bench user, then gunicorn.conf.py's own hooks (frozen heap, the workers' GC thresholds)."""
+    import runpy
+
+    os.environ.update(MLFLOW_BACKEND_STORE_URI=uri, MLFLOW_ARTIFACTS_DESTINATION=destination,
+                      MLFLOW_AUTH_USERS=":".join(USER), MLFLOW_SECRETS_DIR="", LOG_LEVEL="warning")
+    from server.app import create_app
+    from server.config import load_settings
+
+    app = create_app(load_settings())
+    conf = runpy.run_path(str(ROOT / "server" / "gunicorn.conf.py"))
+    conf["when_ready"](None)
+    conf["post_fork"](None, None)
+    return app
 
 
 def services(workdir: Path | None = None):

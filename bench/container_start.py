@@ -12,16 +12,14 @@ import json
 import subprocess
 import time
 import urllib.request
-from base64 import b64encode
 
-from bench.common import USER, median, services
+from bench.common import AUTH_HEADER, USER, median, services
 from tests.services import free_port
 
 
 def first_ok(url: str, deadline: float) -> float:
-    token = b64encode(f"{USER[0]}:{USER[1]}".encode()).decode()
     req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1",
-                                 headers={"Authorization": f"Basic {token}"})
+                                 headers={"Authorization": AUTH_HEADER})
     while time.monotonic() < deadline:
         try:
             if urllib.request.urlopen(req, timeout=2).status == 200:

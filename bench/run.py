@@ -26,7 +26,7 @@ from pathlib import Path
 import bcrypt
 
 from bench import auth_instructions
-from bench.common import ROOT, USER, median, median_interval, percentile, services
+from bench.common import AUTH_HEADER, ROOT, USER, median, median_interval, percentile, services
 from bench.servers import WORKERS, Running, start
 from tests.services import wait_for_workers
 
@@ -88,6 +88,13 @@ def log_metric_rate(server: Running, runs: list[str], seconds: float) -> float:
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         list(pool.map(loop, range(threads)))
     return sum(counts) / (time.monotonic() - started)
+
+
+def measured_window(server: Running, runs: list[str], seconds: float) -> tuple[float, float]:
+    """req/s of `log_metric` over one window, and the server's CPU ms per request in it."""
+    cpu, served = server.cpu_seconds(), server.requests_served()
+    rate = log_metric_rate(server, runs, seconds)
+    return rate, (server.cpu_seconds() - cpu) / (server.requests_served() - served) * 1000
 
 
 def latencies(fn, calls: int) -> list[float]:
@@ -258,10 +265,9 @@ def auth_cost(uri: str, dest: str, work: Path, cycles: int, rounds: int, window:
             for round_ in range(rounds):
                 # A B C, then C B A: no server always follows the same one
                 for name, s in list(servers.items())[:: 1 if round_ % 2 == 0 else -1]:
-                    cpu_before, requests_before = s.cpu_seconds(), s.requests_served()
-                    out[name].append(log_metric_rate(s, runs[name], window))
-                    served = s.requests_served() - requests_before
-                    out["cpu_ms"][name].append((s.cpu_seconds() - cpu_before) / served * 1000)
+                    rate, cpu_ms = measured_window(s, runs[name], window)
+                    out[name].append(rate)
+                    out["cpu_ms"][name].append(cpu_ms)
         finally:
             for s in servers.values():
                 s.stop()
@@ -274,7 +280,6 @@ def auth_cost(uri: str, dest: str, work: Path, cycles: int, rounds: int, window:
 
 def middleware_cost_us(hashed: str, calls: int = 50_000) -> dict:
     """In-process cost of BasicAuthMiddleware per authenticated request, over a bare WSGI app."""
-    import base64
     import timeit
 
     from server.auth import BasicAuthMiddleware
@@ -286,7 +291,7 @@ def middleware_cost_us(hashed: str, calls: int = 50_000) -> dict:
         return [b""]
 
     environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/2.0/mlflow/runs/log-metric", "REMOTE_ADDR": "127.0.0.1",
-               "HTTP_AUTHORIZATION": "Basic " + base64.b64encode(":".join(USER).encode()).decode()}
+               "HTTP_AUTHORIZATION": AUTH_HEADER}
     cost = {}
     for name, line in (("plain", ":".join(USER)), ("bcrypt", f"{USER[0]}:{hashed}")):
         table = merge(parse_htpasswd(line, "bench"))
@@ -378,16 +383,10 @@ def profile_calls(uri: str, dest: str, experiment_name_prefix: str = "search-100
     spent in collections (invisible to cProfile) is printed first.
     """
     script = f"""
-import cProfile, gc, io, itertools, os, pstats, base64, json, runpy, time
-os.environ.update(MLFLOW_BACKEND_STORE_URI={uri!r}, MLFLOW_ARTIFACTS_DESTINATION={dest!r},
-                  MLFLOW_AUTH_USERS={":".join(USER)!r}, MLFLOW_SECRETS_DIR="", LOG_LEVEL="warning")
-from server.app import create_app
-from server.config import load_settings
+import cProfile, gc, io, itertools, pstats, time
 from werkzeug.test import Client
-app = create_app(load_settings())
-conf = runpy.run_path("server/gunicorn.conf.py")
-conf["when_ready"](None)
-conf["post_fork"](None, None)  # this process now stands where a fresh worker does
+from bench.common import AUTH_HEADER, in_process_app
+app = in_process_app({uri!r}, {dest!r})  # this process now stands where a fresh worker does
 gc_seconds, gc_started = [0.0], [0.0]
 def on_gc(phase, info):
     if phase == "start":
@@ -396,7 +395,7 @@ def on_gc(phase, info):
         gc_seconds[0] += time.perf_counter() - gc_started[0]
 gc.callbacks.append(on_gc)
 client = Client(app)
-auth = {{"Authorization": "Basic " + base64.b64encode(b"{USER[0]}:{USER[1]}").decode()}}
+auth = {{"Authorization": AUTH_HEADER}}
 
 def profile(name, path, make_body):
     client.post(path, json=make_body(), headers=auth)  # warm

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from bench.common import ROOT, USER
+from bench.common import AUTH_HEADER, ROOT, USER
 from tests.services import base_env, free_port, proc_kib, process_tree
 
 WORKERS = 2
@@ -38,9 +37,7 @@ class Running:
 
     def wait_first_api_ok(self, timeout: float = 180) -> float:
         """Seconds from process start to the first (authenticated) API call answered 200."""
-        headers = {}
-        if self.auth:
-            headers["Authorization"] = "Basic " + base64.b64encode(":".join(self.auth).encode()).decode()
+        headers = {"Authorization": AUTH_HEADER} if self.auth else {}
         req = urllib.request.Request(f"{self.url}/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
