@@ -1,6 +1,6 @@
 """Benchmarks: our server against MLflow's own `mlflow server`, interleaved on one machine.
 
-    .venv/bin/python -m bench.run                 # everything, ~25 minutes on 2 cores
+    .venv/bin/python -m bench.run                 # everything, ~30 minutes on 2 cores
     .venv/bin/python -m bench.run --cycles 2 --seconds 10 --skip-large --skip-instructions   # ~8 minutes
 
 Each comparison runs both sides in the same run, alternating A B A B ..., and reports medians
