@@ -15,12 +15,11 @@ This is how the before/after rows in docs/benchmarks.md are measured.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-from bench.common import ROOT, median, services
+from bench.common import ROOT, database_uri, median, services
 from bench.run import log_batch_latencies, log_metric_rate, measured_window, metric_runs, paired_ratio
 from bench.servers import Running, start
 
@@ -66,14 +65,11 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=3.0)
     args = parser.parse_args()
     before_root = worktree(args.ref)
-    work, pg, gcs = services()
     try:
-        uri = pg.create_database("ab").replace("postgresql://", "postgresql+psycopg2://")
-        out = compare(before_root, uri, f"gs://{gcs.bucket}/ab", work, args.cycles, args.rounds, args.window)
+        with services() as (work, pg, gcs):
+            out = compare(before_root, database_uri(pg, "ab"), f"gs://{gcs.bucket}/ab", work, args.cycles,
+                          args.rounds, args.window)
     finally:
-        gcs.stop()
-        pg.stop()
-        shutil.rmtree(work, ignore_errors=True)
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_root)], check=False)
     b, a = out["before"], out["after"]
     print(f"log_metric, 8 client threads, {len(a['rps'])} windows of {args.window:.0f} s each side")

@@ -142,16 +142,10 @@ def main() -> None:
         uri, line, rounds, requests, sync = args.inner
         inner(uri, line, int(rounds), int(requests), Path(sync))
         return
-    from bench.common import services
+    from bench.common import database_uri, services
 
-    work, pg, gcs = services()
-    try:
-        samples = measure(pg.create_database("instructions").replace("postgresql://", "postgresql+psycopg2://"),
-                          args.rounds, args.requests)
-    finally:
-        gcs.stop()
-        pg.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    with services() as (_, pg, _gcs):
+        samples = measure(database_uri(pg, "instructions"), args.rounds, args.requests)
     print(report(samples))
 
 

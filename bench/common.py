@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from server.config import normalize_backend_uri  # noqa: E402
 from tests.services import GcsEmulator, Postgres  # noqa: E402
 
 USER = ("bench", "bench-Passw0rd-123")
@@ -36,16 +40,28 @@ def in_process_app(uri: str, destination: str):
     return app
 
 
-def services(workdir: Path | None = None):
-    """Start Postgres and the GCS emulator in a fresh folder; caller stops them."""
-    workdir = workdir or Path(tempfile.mkdtemp(prefix="mlflow-bench-"))
+@contextlib.contextmanager
+def services() -> Iterator[tuple[Path, Postgres, GcsEmulator]]:
+    """Postgres and the GCS emulator in a fresh folder; stopped, and the folder (the database and
+    server logs: GBs after a full run) removed, on the way out."""
+    workdir = Path(tempfile.mkdtemp(prefix="mlflow-bench-"))
     workdir.chmod(0o755)
     pg = Postgres(workdir)
-    pg.init()
-    pg.start()
     gcs = GcsEmulator(workdir)
-    gcs.start()
-    return workdir, pg, gcs
+    try:
+        pg.init()
+        pg.start()
+        gcs.start()
+        yield workdir, pg, gcs
+    finally:
+        gcs.stop()
+        pg.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def database_uri(pg: Postgres, name: str) -> str:
+    """A fresh database, as the server's own configuration would pass it to MLflow (psycopg2)."""
+    return normalize_backend_uri(pg.create_database(name))
 
 
 def median(values: list[float]) -> float:

@@ -49,8 +49,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--image", default="mlflow-server:test")
     args = parser.parse_args()
-    _, pg, gcs = services()
-    try:
+    with services() as (_, pg, gcs):
         env = {**gcs.env(), "MLFLOW_BACKEND_STORE_URI": pg.create_database("bench_container"),
                "MLFLOW_ARTIFACTS_DESTINATION": f"gs://{gcs.bucket}/bench", "MLFLOW_AUTH_USERS": ":".join(USER)}
         run_once(args.image, env)  # migrate the schema
@@ -60,9 +59,6 @@ def main() -> None:
         print(f"image {args.image}: {size / 1e6:.0f} MB")
         print(f"cold start (docker run -> first authenticated 200), {args.runs} runs: "
               f"median {median(times):.2f}s, min {min(times):.2f}s, max {max(times):.2f}s")
-    finally:
-        gcs.stop()
-        pg.stop()
 
 
 if __name__ == "__main__":

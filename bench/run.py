@@ -26,7 +26,7 @@ from pathlib import Path
 import bcrypt
 
 from bench import auth_instructions
-from bench.common import AUTH_HEADER, ROOT, USER, median, median_interval, percentile, services
+from bench.common import AUTH_HEADER, ROOT, USER, database_uri, median, median_interval, percentile, services
 from bench.servers import WORKERS, Running, start
 from tests.services import wait_for_workers
 
@@ -530,10 +530,9 @@ def main() -> None:
     parser.add_argument("--skip-instructions", action="store_true", help="no callgrind count of the auth layer")
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
-    work, pg, gcs = services()
-    try:
+    with services() as (work, pg, gcs):
         def uri_for(name):
-            return pg.create_database(name).replace("postgresql://", "postgresql+psycopg2://")
+            return database_uri(pg, name)
 
         dest = f"gs://{gcs.bucket}/bench"
         os.environ.update(gcs.env())
@@ -565,10 +564,6 @@ def main() -> None:
         print(text)
         if not args.no_doc:
             write_doc(text)
-    finally:
-        gcs.stop()
-        pg.stop()
-        shutil.rmtree(work, ignore_errors=True)  # the database and server logs: GBs after a run
 
 
 if __name__ == "__main__":
