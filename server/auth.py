@@ -30,6 +30,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from server.failures import FailureLimiter
 from server.users import User, decoy_for, password_matches
@@ -98,9 +99,13 @@ class VerifiedCache:
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+
+class _Verifying(NamedTuple):
+    """One users table with what goes with it: its decoy and the credentials verified against it."""
+
+    table: dict[str, User]
+    decoy: User
+    cache: VerifiedCache
 
 
 class BasicAuthMiddleware:
@@ -127,21 +132,20 @@ class BasicAuthMiddleware:
         self._users = users
         self._limiter = limiter
         self._open_paths = frozenset(open_paths)
-        self._cache = VerifiedCache()
-        self._table: dict[str, User] | None = None
-        self._decoy: User | None = None
+        self._verifying: _Verifying | None = None
         safe_realm = realm.replace("\\", "").replace('"', "")
         self._challenge = f'Basic realm="{safe_realm}", charset="UTF-8"'
         if not users():
             raise ValueError("BasicAuthMiddleware needs at least one user (fail closed)")
 
-    def _current(self) -> tuple[dict[str, User], User]:
+    def _current(self) -> _Verifying:
+        # Swapped as one object when the table rotates, with a fresh cache: a request still
+        # verifying against the old table adds to the old cache, never to the new one.
+        current = self._verifying
         table = self._users()
-        if table is not self._table:  # rotated: forget what was verified against the old one
-            self._cache.clear()
-            self._decoy = decoy_for(table)
-            self._table = table
-        return table, self._decoy
+        if current is None or table is not current.table:
+            current = self._verifying = _Verifying(table, decoy_for(table), VerifiedCache())
+        return current
 
     def _is_open(self, environ: dict) -> bool:
         path = environ.get("PATH_INFO", "")
@@ -154,12 +158,12 @@ class BasicAuthMiddleware:
 
     def authenticate(self, header: str | None) -> str | None:
         """Return the user name for a valid header, else None."""
-        table, decoy = self._current()
+        table, decoy, cache = self._current()
         if not header:
             return None
         # a value verified before (against this table) is known without parsing it again
-        digest = self._cache.digest(header)
-        if (known := self._cache.get(digest)) is not None:
+        digest = cache.digest(header)
+        if (known := cache.get(digest)) is not None:
             return known
         parsed = parse_basic(header)
         if parsed is None:
@@ -170,7 +174,7 @@ class BasicAuthMiddleware:
             password_matches(decoy, password)  # same cost as a real check
             return None
         if password_matches(user, password):
-            self._cache.add(digest, name)
+            cache.add(digest, name)
             return name
         return None
 

@@ -199,10 +199,28 @@ def test_a_remembered_credential_is_forgotten_when_the_users_change():
     header = basic("alice", "first-Passw0rd")
     assert mw.authenticate(header) == "alice"
     assert mw.authenticate(header) == "alice"  # now from the cache
-    assert all("first-Passw0rd" not in repr(k) for k in mw._cache._entries)  # digests, not values
+    assert all("first-Passw0rd" not in repr(k) for k in mw._verifying.cache._entries)  # digests, not values
     tables.append({"alice": User("alice", "second-Passw0rd", "plain")})  # rotated
     assert mw.authenticate(header) is None
     assert mw.authenticate(basic("alice", "second-Passw0rd")) == "alice"
+
+
+def test_a_check_in_flight_during_a_rotation_is_not_remembered_for_the_new_users(monkeypatch):
+    # Another worker thread sees the new table while this one still checks the old password.
+    tables = [{"alice": User("alice", "first-Passw0rd", "plain")}]
+    mw = BasicAuthMiddleware(lambda e, s: [b"ok"], users=lambda: tables[-1])
+    real = auth_mod.password_matches
+
+    def rotating_midway(user, password):
+        matched = real(user, password)
+        if password == "first-Passw0rd":
+            tables.append({"alice": User("alice", "second-Passw0rd", "plain")})
+            assert mw.authenticate(basic("alice", "second-Passw0rd")) == "alice"
+        return matched
+
+    monkeypatch.setattr(auth_mod, "password_matches", rotating_midway)
+    assert mw.authenticate(basic("alice", "first-Passw0rd")) == "alice"  # verified before the rotation
+    assert mw.authenticate(basic("alice", "first-Passw0rd")) is None
 
 
 def test_users_file_parsing_matches_htpasswd_and_legacy_forms():
