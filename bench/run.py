@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import datetime
+import functools
 import gc
 import json
 import os
@@ -531,9 +532,7 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true")
     args = parser.parse_args()
     with services() as (work, pg, gcs):
-        def uri_for(name):
-            return database_uri(pg, name)
-
+        uri_for = functools.partial(database_uri, pg)
         dest = f"gs://{gcs.bucket}/bench"
         os.environ.update(gcs.env())
         shared = uri_for("bench")
@@ -556,7 +555,7 @@ def main() -> None:
                 f"{args.seconds:.0f} s per throughput run, {WORKERS} workers each side.\n\n"
                 + table(cold, tput, auth, instructions, large, None if args.skip_image else image_sizes())
                 + "".join(f"\n\n<details><summary>Profile: {PROFILED[name]}, in-process (cProfile, cumulative)"
-                          f"</summary>\n\n```\n{text.strip()}\n```\n</details>" for name, text in profiles.items())
+                          f"</summary>\n\n```\n{stats.strip()}\n```\n</details>" for name, stats in profiles.items())
                 + "\n\nRaw samples: `"
                 + json.dumps(rounded({"cold": cold, "log_metric": {"ours": tput["metric_ours"],
                                                                     "baseline": tput["metric_base"]},
