@@ -47,7 +47,7 @@ def create_app(settings: config.Settings):
 
     artifact_streaming.install()  # before any artifact repository is created
     json_responses.install()
-    metric_writes.install()  # log_metric on PostgreSQL in one statement
+    metric_writes.install()  # the metrics of log_metric and log_batch on PostgreSQL in one statement
     _share_connection_pool()
     # Open the stores now (in the master with preload_app): the first request pays nothing.
     handlers.initialize_backend_stores(
