@@ -61,6 +61,13 @@ def json_handlers(logger: logging.Logger) -> None:
         handler.setFormatter(formatter)
 
 
+# Libraries that log the wire at DEBUG: hpack decodes every header of an HTTP/2 request
+# (Authorization included), botocore prints each S3 request's headers and parameters, urllib3
+# and the Google clients print URLs (signed ones carry credentials). They stay at INFO whatever
+# LOG_LEVEL says: turning on debug logs must not turn them into a credential log.
+WIRE_LOGGERS = ("hpack", "h2", "botocore", "boto3", "s3transfer", "urllib3", "google", "httpx", "httpcore")
+
+
 def configure_python_logging(level: str) -> None:
     """Root, MLflow and our own loggers write JSON to stderr; so do Python warnings."""
     logging.captureWarnings(True)
@@ -68,6 +75,8 @@ def configure_python_logging(level: str) -> None:
     if not root.handlers:
         root.addHandler(logging.StreamHandler())
     root.setLevel(level.upper())
+    for name in WIRE_LOGGERS:
+        logging.getLogger(name).setLevel(max(root.level, logging.INFO))
     json_handlers(root)
     for name in ("mlflow", "server", "alembic"):
         logger = logging.getLogger(name)

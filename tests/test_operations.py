@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import threading
 import time
 
+import httpx
 import pytest
 import requests
 
-from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, gcs_server_config
+from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, USERS_FILE, gcs_server_config
 from tests.services import Server, trickle
 
 pytestmark = pytest.mark.reliability
@@ -29,6 +31,40 @@ def test_logs_are_json_and_hold_no_secret(gcs_server):
         assert entry["severity"] in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
     for secret in (*ALL_PASSWORDS, "Wr0ng-but-s3cret", BOB_HASH):
         assert secret not in text
+
+
+def test_debug_logs_hold_no_credential_over_http1_or_h2c(tmp_path, postgres, s3):
+    # LOG_LEVEL=debug is what an operator turns on to chase a problem: the libraries that log
+    # the wire at DEBUG (hpack decodes every Authorization header of an HTTP/2 request,
+    # botocore prints each S3 request's headers) must not turn it into a credential log
+    uri = postgres.create_database("mlflow_debuglog")
+    env = {"MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "LOG_LEVEL": "debug", "MLFLOW_HTTP2_CLEARTEXT": "both",
+           "FORWARDED_ALLOW_IPS": "127.0.0.1"}
+    secrets = {"mlflow_backend_store_uri": uri, "mlflow_artifacts_destination": f"s3://{s3.bucket}/debuglog",
+               "mlflow_auth_users": USERS_FILE, "aws_access_key_id": s3.access_key,
+               "aws_secret_access_key": s3.secret_key}
+    server = Server(tmp_path, env, secrets).start()
+    try:
+        artifact = "/api/2.0/mlflow-artifacts/artifacts/debuglog/a.txt"
+        requests.get(server.url + SEARCH, auth=(ALICE[0], "Wr0ng-but-s3cret"), timeout=10)
+        assert requests.get(server.url + SEARCH, auth=ALICE, timeout=10).status_code == 200
+        assert requests.put(server.url + artifact, data=b"over http/1.1", auth=BOB, timeout=30).status_code == 200
+        with httpx.Client(http1=False, http2=True, timeout=30) as h2c:  # prior knowledge, as Cloud Run sends it
+            wrong = h2c.get(server.url + SEARCH, auth=(BOB[0], "Wr0ng-but-s3cret"))
+            ok = h2c.get(server.url + SEARCH, auth=ALICE)
+            put = h2c.put(server.url + artifact, content=b"over h2c", auth=ALICE)
+            got = h2c.get(server.url + artifact, auth=BOB)
+        assert (wrong.http_version, wrong.status_code, ok.status_code, put.status_code) == ("HTTP/2", 401, 200, 200)
+        assert got.content == b"over h2c"
+    finally:
+        server.stop()
+    text = server.logs()
+    assert '"severity": "DEBUG"' in text  # the level took effect
+    headers = [f"Basic {base64.b64encode(f'{user}:{password}'.encode()).decode()}"
+               for user, password in (ALICE, BOB, (ALICE[0], "Wr0ng-but-s3cret"), (BOB[0], "Wr0ng-but-s3cret"))]
+    for secret in (*ALL_PASSWORDS, "Wr0ng-but-s3cret", BOB_HASH, *headers, *(h.split()[1] for h in headers)):
+        assert secret not in text, f"{secret[:8]}... in the debug log"
+    assert "authorization" not in text.lower()
 
 
 def test_sigterm_lets_in_flight_requests_finish_and_exits_0(tmp_path, postgres, gcs):
