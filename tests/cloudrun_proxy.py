@@ -9,11 +9,21 @@ Clients speak HTTP/1.1 to it. It forwards each request to the container the way 
 
 Bodies stream through in both directions; ``X-Forwarded-For``/``-Proto`` are added as Cloud Run
 adds them.
+
+Each request in flight has an upstream connection of its own; connections are kept alive and
+reused one request at a time. Not multiplexed, because httpcore's HTTP/2 client cannot be: it
+holds its connection's read lock across a blocking ``recv``. gunicorn serves a connection's
+streams one after another, so a thread waiting there for a later stream's headers kept the
+stream being served from reading (and acknowledging) its data; gunicorn waited for that window
+credit, and both stood still until gunicorn's stream timeout (seen under CPU load: CI, and
+here with busy loops).
 """
 
 from __future__ import annotations
 
+import queue
 import threading
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
@@ -30,8 +40,8 @@ class CloudRunFront:
         self.mode = mode
         self.forwarded: list[tuple[str, str, int]] = []  # (method, path, status) seen upstream
         self.refused: list[tuple[str, str, int]] = []  # refused here (413)
-        self.client = httpx.Client(http1=mode == "http1", http2=mode == "h2c", timeout=600,
-                                   limits=httpx.Limits(max_connections=32))
+        self._idle: queue.SimpleQueue[httpx.Client] = queue.SimpleQueue()  # one connection each
+        self._clients: list[httpx.Client] = []
         front = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -76,9 +86,13 @@ class CloudRunFront:
                 content = self._body(None if chunked else length) if has_body else None
                 if length is not None:
                     headers["Content-Length"] = str(length)
-                request = front.client.build_request(self.command, front.upstream + self.path,
-                                                     headers=headers, content=content)
-                response = front.client.send(request, stream=True)
+                with front.connection() as upstream:
+                    self._forward(upstream, headers, content)
+
+            def _forward(self, upstream: httpx.Client, headers: dict, content):
+                request = upstream.build_request(self.command, front.upstream + self.path,
+                                                 headers=headers, content=content)
+                response = upstream.send(request, stream=True)
                 try:
                     front.forwarded.append((self.command, self.path, response.status_code))
                     self.send_response(response.status_code)
@@ -114,6 +128,21 @@ class CloudRunFront:
         self.thread.start()
         return self
 
+    @contextmanager
+    def connection(self):
+        """An upstream client holding at most one connection, for one request at a time."""
+        try:
+            client = self._idle.get_nowait()
+        except queue.Empty:
+            client = httpx.Client(http1=self.mode == "http1", http2=self.mode == "h2c", timeout=600,
+                                  limits=httpx.Limits(max_connections=1))
+            self._clients.append(client)
+        try:
+            yield client
+        finally:
+            self._idle.put(client)
+
     def stop(self) -> None:
         self.httpd.shutdown()
-        self.client.close()
+        for client in self._clients:
+            client.close()
