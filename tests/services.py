@@ -422,6 +422,35 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def open_connections(pids: list[int], port: int) -> int:
+    """Established TCP connections that these processes hold to ``port`` on loopback.
+
+    Counted from the processes' own sockets: a connection the server has closed is gone at
+    once, whereas Postgres lists its backend in pg_stat_activity until that backend exits."""
+    inodes = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as fh:
+            for line in fh.readlines()[1:]:
+                fields = line.split()
+                remote_port, state, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[3], fields[9]
+                if remote_port == port and state == "01" and inode in inodes:  # 01: ESTABLISHED
+                    count += 1
+    return count
+
+
 def wait_for_workers(pid: int, workers: int, timeout: float = 60) -> None:
     """Until gunicorn's master `pid` has all its workers: the first answer can come from the
     first worker while the others are still forking, and a memory baseline taken then would

@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, CAROL, USERS_FILE, gcs_server_config
-from tests.services import GcsEmulator, Postgres, Server, start_together
+from tests.services import GcsEmulator, Postgres, Server, open_connections, process_tree, start_together
 
 pytestmark = pytest.mark.reliability
 
@@ -295,28 +295,47 @@ def max_connections(pg: Postgres, database: str, stop: threading.Event, seen: li
         time.sleep(0.2)
 
 
+def held_connections(server: Server, pg: Postgres, database: str, stop: threading.Event, held: list[int],
+                     listed: list[int]):
+    """Samples the connections the server's processes hold to Postgres, and what Postgres lists.
+
+    The bound is asserted on the first, the server's own sockets: pg_stat_activity lists a
+    backend until that backend has exited, a moment after the server closed the connection, and
+    under this load the pools sit right on their bound (20 of 20 in several samples a run) while
+    closing and opening overflow connections."""
+    while not stop.is_set():
+        held.append(open_connections(process_tree(server.proc.pid), pg.port))
+        listed.append(pg.query("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                               (database,))[0][0])
+        time.sleep(0.1)
+
+
 def test_sixteen_clients_for_a_minute_lose_nothing(tmp_path, postgres, gcs):
     env, secrets = gcs_server_config(postgres, gcs, "mlflow_load")
     server = Server(tmp_path, env, secrets).start()
     try:
         exp = api(server, "POST", "/api/2.0/mlflow/experiments/create", json={"name": "load"}).json()["experiment_id"]
-        ledger, stop, seen = Ledger(), threading.Event(), []
-        watcher = threading.Thread(target=max_connections, args=(postgres, "mlflow_load", stop, seen))
+        ledger, stop, held, listed, events = Ledger(), threading.Event(), [], [], []
+        watcher = threading.Thread(target=held_connections, args=(server, postgres, "mlflow_load", stop, held, listed))
         watcher.start()
         deadline = time.monotonic() + LOAD_SECONDS
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            run_ids = list(pool.map(lambda i: worker_loop(server, ledger, exp, deadline, i), range(16)))
+            run_ids = list(pool.map(lambda i: worker_loop(server, ledger, exp, deadline, i, events=events), range(16)))
         stop.set()
         watcher.join()
         stored = stored_metrics(postgres, "mlflow_load", run_ids)
         bound = 1 * 2 * (5 + 5)  # instances x workers x (pool + overflow), README "Database connections"
-        print(f"\nload: 16 clients x {LOAD_SECONDS:.0f}s: {ledger.requests} requests "
-              f"({ledger.requests / LOAD_SECONDS:.0f}/s), errors {len(ledger.errors)}, metrics acknowledged "
-              f"{len(ledger.acked)}, stored {len(stored)}, peak Postgres connections {max(seen)} (bound {bound})")
-        assert ledger.errors == []
-        assert len(ledger.acked) > 1000
-        assert stored == ledger.acked
-        assert max(seen) <= bound
+        slowest = max(end - start for start, end, _ in events)
+        summary = (f"load: 16 clients x {LOAD_SECONDS:.0f}s: {ledger.requests} requests "
+                   f"({ledger.requests / LOAD_SECONDS:.0f}/s), slowest {slowest:.2f}s, errors {len(ledger.errors)} "
+                   f"(first: {ledger.errors[:5]}), metrics acknowledged {len(ledger.acked)}, stored {len(stored)}, "
+                   f"peak Postgres connections held {max(held)} (bound {bound}; pg_stat_activity {max(listed)})")
+        print("\n" + summary)
+        assert ledger.errors == [], summary
+        assert len(ledger.acked) > 1000, summary
+        lost = {k: v for k, v in ledger.acked.items() if stored.get(k) != v}
+        assert stored == ledger.acked, f"{summary}; lost or changed {len(lost)}, e.g. {list(lost.items())[:5]}"
+        assert max(held) <= bound, summary
     finally:
         server.stop()
 
