@@ -119,18 +119,24 @@ def gcs_server(workdir, postgres, gcs):
     shutil.copy(server.log, OUTPUT / "server-gcs.log")
 
 
-@pytest.fixture(scope="session")
-def s3_server(workdir, postgres, s3):
-    uri = postgres.create_database("mlflow_s3")
+def s3_server_config(postgres: Postgres, s3: S3Server, database: str, prefix: str = "artifacts"):
+    """(env, secrets) for a local-style server: Postgres + S3 (MinIO), secrets as files."""
+    uri = postgres.create_database(database)
     env = {"MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "MLFLOW_AUTH_MAX_FAILURES": "100000"}
     secrets = {
         # compose-style file names; Postgres URI pasted as postgresql+psycopg2://
         "mlflow_backend_store_uri": uri.replace("postgresql://", "postgresql+psycopg2://"),
-        "mlflow_artifacts_destination": f"s3://{s3.bucket}/artifacts",
+        "mlflow_artifacts_destination": f"s3://{s3.bucket}/{prefix}",
         "mlflow_auth_users": USERS_FILE,
         "aws_access_key_id": s3.access_key,
         "aws_secret_access_key": s3.secret_key,
     }
+    return env, secrets
+
+
+@pytest.fixture(scope="session")
+def s3_server(workdir, postgres, s3):
+    env, secrets = s3_server_config(postgres, s3, "mlflow_s3")
     server = Server(workdir / "server-s3", env, secrets)
     server.start()
     yield server

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import requests
 
-from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, USERS_FILE, gcs_server_config
+from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, gcs_server_config, s3_server_config
 from tests.services import Server, trickle
 
 pytestmark = pytest.mark.reliability
@@ -37,12 +37,8 @@ def test_debug_logs_hold_no_credential_over_http1_or_h2c(tmp_path, postgres, s3)
     # LOG_LEVEL=debug is what an operator turns on to chase a problem: the libraries that log
     # the wire at DEBUG (hpack decodes every Authorization header of an HTTP/2 request,
     # botocore prints each S3 request's headers) must not turn it into a credential log
-    uri = postgres.create_database("mlflow_debuglog")
-    env = {"MLFLOW_S3_ENDPOINT_URL": s3.endpoint, "LOG_LEVEL": "debug", "MLFLOW_HTTP2_CLEARTEXT": "both",
-           "FORWARDED_ALLOW_IPS": "127.0.0.1"}
-    secrets = {"mlflow_backend_store_uri": uri, "mlflow_artifacts_destination": f"s3://{s3.bucket}/debuglog",
-               "mlflow_auth_users": USERS_FILE, "aws_access_key_id": s3.access_key,
-               "aws_secret_access_key": s3.secret_key}
+    env, secrets = s3_server_config(postgres, s3, "mlflow_debuglog", "debuglog")
+    env.update({"LOG_LEVEL": "debug", "MLFLOW_HTTP2_CLEARTEXT": "both", "FORWARDED_ALLOW_IPS": "127.0.0.1"})
     server = Server(tmp_path, env, secrets).start()
     try:
         artifact = "/api/2.0/mlflow-artifacts/artifacts/debuglog/a.txt"

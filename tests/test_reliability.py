@@ -285,11 +285,15 @@ def stored_metrics(pg: Postgres, database: str, run_ids: list[str]) -> dict:
     return {(r[0], r[1], int(r[2])): float(r[3]) for r in rows}
 
 
+def listed_connections(pg: Postgres, database: str) -> int:
+    """The backends Postgres lists for a database (pg_stat_activity)."""
+    return pg.query("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,))[0][0]
+
+
 def max_connections(pg: Postgres, database: str, stop: threading.Event, seen: list[int]):
     while not stop.is_set():
         try:
-            seen.append(pg.query("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                                 (database,))[0][0])
+            seen.append(listed_connections(pg, database))
         except Exception:
             pass
         time.sleep(0.2)
@@ -305,8 +309,7 @@ def held_connections(server: Server, pg: Postgres, database: str, stop: threadin
     closing and opening overflow connections."""
     while not stop.is_set():
         held.append(open_connections(process_tree(server.proc.pid), pg.port))
-        listed.append(pg.query("postgres", "SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
-                               (database,))[0][0])
+        listed.append(listed_connections(pg, database))
         time.sleep(0.1)
 
 
