@@ -376,6 +376,15 @@ class Server:
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def logs_after(self, send, marker: str, timeout: float = 10) -> str:
+        """Call ``send()``, then return the log once ``marker`` appears in it more often than
+        before. gunicorn writes a request's access line after the response has gone out, so a
+        client can read its answer before that line exists."""
+        seen = self.logs().count(marker)
+        send()
+        wait_for(lambda: self.logs().count(marker) > seen, timeout, f"a new log line with {marker!r}")
+        return self.logs()
+
 
 def start_together(servers: list[Server], timeout: float = 180) -> None:
     """Start several servers at the same moment (as Cloud Run scales out), wait for all."""

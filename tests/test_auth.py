@@ -135,8 +135,9 @@ def test_other_methods_on_health_need_credentials(gcs_server, method):
 
 
 def test_authenticated_user_reaches_the_access_log(gcs_server):
-    requests.get(gcs_server.url + "/api/2.0/mlflow/experiments/search?max_results=2", auth=BOB, timeout=10)
-    lines = [json.loads(line) for line in gcs_server.logs().splitlines() if line.startswith("{")]
+    text = gcs_server.logs_after(lambda: requests.get(
+        gcs_server.url + "/api/2.0/mlflow/experiments/search?max_results=2", auth=BOB, timeout=10), "max_results=2")
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     access = [e for e in lines if "httpRequest" in e and "max_results=2" in e["httpRequest"]["requestUrl"]]
     assert access and access[-1]["user"] == "bob" and access[-1]["httpRequest"]["status"] == 200
     assert all(isinstance(e.get("severity"), str) for e in lines)

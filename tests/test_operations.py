@@ -24,8 +24,8 @@ def test_logs_are_json_and_hold_no_secret(gcs_server):
     # a failed login with a password-looking value, a good one, and an error from MLflow
     requests.get(gcs_server.url + SEARCH, auth=(ALICE[0], "Wr0ng-but-s3cret"), timeout=10)
     requests.get(gcs_server.url + SEARCH, auth=ALICE, timeout=10)
-    requests.get(gcs_server.url + "/api/2.0/mlflow/runs/get?run_id=nope", auth=ALICE, timeout=10)
-    text = gcs_server.logs()
+    text = gcs_server.logs_after(lambda: requests.get(  # the log once this last request has its line
+        gcs_server.url + "/api/2.0/mlflow/runs/get?run_id=nope", auth=ALICE, timeout=10), "run_id=nope")
     for line in text.splitlines():
         entry = json.loads(line)  # every line is one JSON object
         assert entry["severity"] in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
