@@ -431,8 +431,9 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
-def open_connections(pids: list[int], port: int) -> int:
-    """Established TCP connections that these processes hold to ``port`` on loopback.
+def open_connections(pids: list[int], port: int, accepted: bool = False) -> int:
+    """Established TCP connections that these processes hold to ``port`` on loopback, or with
+    ``accepted`` the ones they hold on their own ``port`` (accepted from clients).
 
     Counted from the processes' own sockets: a connection the server has closed is gone at
     once, whereas Postgres lists its backend in pg_stat_activity until that backend exits."""
@@ -454,8 +455,9 @@ def open_connections(pids: list[int], port: int) -> int:
         with open(table) as fh:
             for line in fh.readlines()[1:]:
                 fields = line.split()
-                remote_port, state, inode = int(fields[2].rsplit(":", 1)[1], 16), fields[3], fields[9]
-                if remote_port == port and state == "01" and inode in inodes:  # 01: ESTABLISHED
+                end = fields[1] if accepted else fields[2]
+                end_port, state, inode = int(end.rsplit(":", 1)[1], 16), fields[3], fields[9]
+                if end_port == port and state == "01" and inode in inodes:  # 01: ESTABLISHED
                     count += 1
     return count
 

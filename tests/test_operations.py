@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -13,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, gcs_server_config, s3_server_config
-from tests.services import Server, trickle
+from tests.services import Server, open_connections, process_tree, trickle, wait_for
 
 pytestmark = pytest.mark.reliability
 
@@ -72,7 +73,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_exits_0(tmp_path, postgres, 
         # a 40 MB body trickled in slowly, still in flight when SIGTERM arrives
         try:
             r = requests.put(f"{server.url}/api/2.0/mlflow-artifacts/artifacts/sigterm/big.bin",
-                             data=trickle(40, 1024 * 1024, 0.05),
+                             data=trickle(40, 1024 * 1024, 0.1),
                              auth=ALICE, timeout=60)
             results["upload"] = r.status_code
         except requests.RequestException as exc:
@@ -80,18 +81,26 @@ def test_sigterm_lets_in_flight_requests_finish_and_exits_0(tmp_path, postgres, 
 
     t = threading.Thread(target=slow_upload)
     t.start()
-    time.sleep(0.5)
+    # SIGTERM only once a worker holds the upload's connection: a busy machine can take longer
+    # than any fixed pause to get it there, and one still in the listen backlog is not in flight
+    wait_for(lambda: open_connections(process_tree(server.proc.pid), server.port, accepted=True) > 0, 20,
+             "the upload reaching a worker")
     server.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    try:
-        refused = requests.get(server.url + SEARCH, auth=ALICE, timeout=5).status_code
-    except requests.ConnectionError:
-        refused = "connection refused"
+    wait_for(lambda: refuses_connections(server.port), 10, "the listener closing after SIGTERM")
+    refused_while_uploading = t.is_alive()
     t.join(30)
     code = server.proc.wait(15)
     assert results.get("upload") == 200, results
-    assert refused == "connection refused"
+    assert refused_while_uploading  # new connections refused while the upload was still going
     assert code == 0
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 def test_rotated_users_file_is_used_and_a_removed_one_keeps_the_server_up(tmp_path, postgres, gcs):
