@@ -75,5 +75,7 @@ def when_ready(server):
 def post_fork(server, worker):
     from server.app import after_fork
 
+    # a stop signal caught by the master's handlers this process still has (server/worker.py)
+    worker.inherited_signals = server.SIG_QUEUE
     gc.set_threshold(*gc_thresholds)
     after_fork()

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, gcs_server_config, s3_server_config
-from tests.services import Server, open_connections, process_tree, trickle, wait_for
+from tests.services import ROOT, Server, open_connections, process_tree, trickle, wait_for
 
 pytestmark = pytest.mark.reliability
 
@@ -93,6 +93,39 @@ def test_sigterm_lets_in_flight_requests_finish_and_exits_0(tmp_path, postgres, 
     assert results.get("upload") == 200, results
     assert refused_while_uploading  # new connections refused while the upload was still going
     assert code == 0
+
+
+# Our gunicorn settings with the second worker's boot held for 3 s after the fork, as a loaded
+# machine can hold it: a SIGTERM then lands before that worker has installed its own handlers.
+SECOND_WORKER_BOOTS_SLOWLY = """
+import time
+exec(compile(open({conf!r}).read(), {conf!r}, "exec"))
+_post_fork = post_fork
+
+
+def post_fork(server, worker):
+    if worker.age == 2:
+        time.sleep(3)
+    _post_fork(server, worker)
+"""
+
+
+def test_sigterm_while_a_worker_boots_stops_that_worker_too(tmp_path, postgres, gcs):
+    # the master's handlers, inherited with the fork, used to swallow it: the worker served on
+    # until the master killed it at graceful_timeout
+    env, secrets = gcs_server_config(postgres, gcs, "mlflow_sigterm_boot")
+    env["MLFLOW_WORKERS"] = "2"
+    conf = tmp_path / "slow-boot.conf.py"
+    conf.write_text(SECOND_WORKER_BOOTS_SLOWLY.format(conf=str(ROOT / "server" / "gunicorn.conf.py")))
+    server = Server(tmp_path, env, secrets, args=["--config", str(conf)]).start()
+    wait_for(lambda: server.logs().count("Booting worker with pid") == 2, 10, "the second worker's fork")
+    second = server.logs().split("Booting worker with pid: ")[2].split('"')[0]  # held in its boot now
+    server.proc.send_signal(signal.SIGTERM)
+    code = server.proc.wait(20)
+    text = server.logs()
+    assert code == 0
+    assert f"Worker exiting (pid: {second})" in text, text[-2000:]
+    assert f"Worker (pid:{second}) was sent SIGKILL" not in text
 
 
 def refuses_connections(port: int) -> bool:
