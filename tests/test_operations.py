@@ -118,10 +118,13 @@ def test_sigterm_while_a_worker_boots_stops_that_worker_too(tmp_path, postgres, 
     conf = tmp_path / "slow-boot.conf.py"
     conf.write_text(SECOND_WORKER_BOOTS_SLOWLY.format(conf=str(ROOT / "server" / "gunicorn.conf.py")))
     server = Server(tmp_path, env, secrets, args=["--config", str(conf)]).start()
-    wait_for(lambda: server.logs().count("Booting worker with pid") == 2, 10, "the second worker's fork")
-    second = server.logs().split("Booting worker with pid: ")[2].split('"')[0]  # held in its boot now
-    server.proc.send_signal(signal.SIGTERM)
-    code = server.proc.wait(20)
+    try:
+        wait_for(lambda: server.logs().count("Booting worker with pid") == 2, 10, "the second worker's fork")
+        second = server.logs().split("Booting worker with pid: ")[2].split('"')[0]  # held in its boot now
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(20)
+    finally:
+        server.stop()
     text = server.logs()
     assert code == 0
     assert f"Worker exiting (pid: {second})" in text, text[-2000:]
