@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import signal
-import socket
 import threading
 import time
 
@@ -14,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, ALL_PASSWORDS, BOB, BOB_HASH, gcs_server_config, s3_server_config
-from tests.services import ROOT, Server, open_connections, process_tree, trickle, wait_for
+from tests.services import ROOT, Server, open_connections, process_tree, refuses_connections, trickle, wait_for
 
 pytestmark = pytest.mark.reliability
 
@@ -129,14 +128,6 @@ def test_sigterm_while_a_worker_boots_stops_that_worker_too(tmp_path, postgres, 
     assert code == 0
     assert f"Worker exiting (pid: {second})" in text, text[-2000:]
     assert f"Worker (pid:{second}) was sent SIGKILL" not in text
-
-
-def refuses_connections(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_rotated_users_file_is_used_and_a_removed_one_keeps_the_server_up(tmp_path, postgres, gcs):

@@ -4,12 +4,11 @@ every problem listed, each naming the setting and where it looked, never the val
 from __future__ import annotations
 
 import os
-import socket
 
 import requests
 
 from tests.conftest import ALICE, USERS_FILE
-from tests.services import Server
+from tests.services import Server, refuses_connections
 
 SECRET_PW = "Zz-very-secret-db-pw-123"
 
@@ -24,11 +23,6 @@ def assert_refused(code: int, output: str, *expected: str, secrets: tuple[str, .
     assert "Starting gunicorn" not in output and "Listening at" not in output
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
 def test_no_users_refuses_to_start(tmp_path, postgres):
     uri = postgres.dsn("postgres")
     server = Server(tmp_path, {}, {"mlflow_backend_store_uri": uri, "mlflow_artifacts_destination": str(tmp_path / "a")})
@@ -36,7 +30,7 @@ def test_no_users_refuses_to_start(tmp_path, postgres):
     assert_refused(code, out, "MLFLOW_AUTH_USERS: no users are configured", "fail closed",
                    "$MLFLOW_AUTH_USERS_FILE", str(server.secrets_dir / "mlflow_auth_users"),
                    secrets=(postgres.password,))
-    assert port_is_free(server.port)
+    assert refuses_connections(server.port)
 
 
 def test_no_backend_refuses_to_start_unless_local_mode(tmp_path):
