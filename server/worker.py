@@ -53,11 +53,12 @@ class ThreadWorker(GThreadWorker):
 
     def _stop_signals_caught_while_booting(self) -> list[int]:
         caught = []
-        while self.inherited_signals is not None:
+        if self.inherited_signals is None:  # not started through our post_fork
+            return caught
+        while True:
             try:
                 sig = self.inherited_signals.get_nowait()
             except queue.Empty:
-                break
+                return caught
             if sig in STOP_SIGNALS and sig not in caught:
                 caught.append(sig)
-        return caught
