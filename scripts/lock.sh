@@ -5,6 +5,7 @@
 # `pip install --no-deps --require-hashes`, so its heavy optional dependencies never land.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+tmp_header=$(mktemp)
 python=${PYTHON:-.venv/bin/python}
 mlflow_version=3.17.2
 
@@ -16,6 +17,14 @@ compile() {
 }
 
 compile --generate-hashes --output-file requirements.txt requirements.in
+# what people type first is `pip install -r requirements.txt`: say at the top how this lock installs
+{
+	printf '# Install with:  pip install --no-deps --require-hashes -r requirements.txt\n'
+	printf '# (scripts/setup-venv.sh does). A plain "pip install -r requirements.txt" fails on purpose:\n'
+	printf "# mlflow's own dependency list (pyarrow, scipy, scikit-learn, gunicorn<27 ...) is left out.\n"
+	cat requirements.txt
+} >"$tmp_header"
+mv "$tmp_header" requirements.txt
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 PIP_CONFIG_FILE=/dev/null "$python" -m pip download --quiet --no-deps --only-binary=:all: \
