@@ -1,8 +1,10 @@
 """Build the WSGI application: MLflow's tracking server behind our middleware.
 
 Order, outermost first: ProxyFix (only when proxy hops are trusted, for the client address),
-Basic auth, the route guard, the experiment-location guard, the UI's missing endpoints, MLflow. Schema migrations and the MLflow import happen here, in
-gunicorn's master when ``preload_app`` is on, so workers fork with MLflow already loaded.
+Basic auth, the route guard, the routes only MLflow's FastAPI app serves (handed to it), the
+experiment-location guard, the UI listing fix, MLflow's Flask app. Schema migrations and the
+MLflow import happen here, in gunicorn's master when ``preload_app`` is on, so workers fork
+with MLflow already loaded.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ from __future__ import annotations
 import logging
 import os
 
-from server import config, logs, mlflow_env
+from server import config, job_runner, logs, mlflow_env
 from server.auth import BasicAuthMiddleware
 from server.experiment_guard import ExperimentLocationGuard
 from server.failures import FailureLimiter
 from server.migrate import ensure_schema
+from server.native_routes import NativeRoutes
 from server.route_guard import RouteGuard
 from server.ui_compat import UiCompat
 from server.users_watch import WatchedUsers
@@ -32,8 +35,15 @@ def _migrate(settings: config.Settings) -> None:
         ensure_schema(uri, auto_upgrade=settings.db_auto_upgrade)
 
 
+# (user, password) of the job runner's calls back to this server, made by create_app in
+# gunicorn's master and handed to the runner by gunicorn.conf's when_ready; None: no runner.
+job_credential: tuple[str, str] | None = None
+
+
 def create_app(settings: config.Settings):
-    logs.install_redaction(settings.secret_values)
+    global job_credential
+    job_credential = job_runner.internal_credential() if settings.job_execution else None
+    logs.install_redaction(settings.secret_values + ((job_credential[1],) if job_credential else ()))
     mlflow_env.apply(settings)
     import mlflow  # noqa: F401 - configures MLflow's own log handler, which we then make JSON
 
@@ -43,20 +53,26 @@ def create_app(settings: config.Settings):
     from mlflow.server import app as mlflow_app
     from mlflow.server import handlers
 
-    from server import artifact_streaming, json_responses, metric_writes
+    from server import artifact_streaming, internals, json_responses, metric_writes
 
+    speed_patches_off = internals.verify()  # refuses to start if a safety patch's target changed
     artifact_streaming.install()  # before any artifact repository is created
-    json_responses.install()
-    metric_writes.install()  # the metrics of log_metric and log_batch on PostgreSQL in one statement
+    if "compact JSON responses" not in speed_patches_off:
+        json_responses.install()
+    if "one-statement metric writes" not in speed_patches_off:
+        metric_writes.install()  # the metrics of log_metric and log_batch on PostgreSQL in one statement
     _share_connection_pool()
     # Open the stores now (in the master with preload_app): the first request pays nothing.
     handlers.initialize_backend_stores(
         settings.backend_store_uri, settings.registry_store_uri, settings.default_artifact_root
     )
     _release_connections()  # the master serves nothing: its workers open their own
+    if job_credential:
+        job_runner.prepare_queue_folder()  # before the workers fork: they submit jobs to it
 
+    flask_side = ExperimentLocationGuard(UiCompat(mlflow_app.wsgi_app), settings.default_artifact_root)
     app = RouteGuard(
-        ExperimentLocationGuard(UiCompat(mlflow_app.wsgi_app), settings.default_artifact_root),
+        NativeRoutes.from_mlflow(flask_side, mlflow_app),
         enable_webhooks=settings.enable_webhooks,
         enable_gateway_proxy=bool(os.environ.get("MLFLOW_DEPLOYMENTS_TARGET")),
     )
@@ -66,6 +82,7 @@ def create_app(settings: config.Settings):
         users=users,
         realm=settings.realm,
         limiter=FailureLimiter(settings.max_failures, settings.lockout_seconds),
+        internal=job_credential,
     )
     if settings.trusted_proxy_hops:
         from werkzeug.middleware.proxy_fix import ProxyFix

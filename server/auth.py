@@ -17,7 +17,8 @@ What it guarantees:
   per request than plain ones;
 * unknown user names cost as much as known ones, and get the same answer;
 * a client with too many failures gets 429 for a while; other clients do not;
-* the authenticated user name is put in ``REMOTE_USER`` for the access log.
+* the authenticated user name is put in ``REMOTE_USER`` for the access log, and the
+  ``Authorization`` header is removed before MLflow sees the request.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from server.users import User, decoy_for, password_matches
 MAX_HEADER_BYTES = 4096
 OPEN_PATHS = frozenset({"/health"})
 OPEN_METHODS = frozenset({"GET", "HEAD"})
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f]")
 
 
@@ -118,6 +120,8 @@ class BasicAuthMiddleware:
         realm: the realm shown in the browser's login prompt.
         limiter: counts failures per client address; None disables the limit.
         open_paths: exact paths served without credentials for GET and HEAD.
+        internal: (user, password) of this server's own job runner, accepted only from a
+            loopback peer (``server/job_runner.py``); None: no such user.
     """
 
     def __init__(
@@ -127,12 +131,17 @@ class BasicAuthMiddleware:
         realm: str = "MLflow",
         limiter: FailureLimiter | None = None,
         open_paths: Iterable[str] = OPEN_PATHS,
+        internal: tuple[str, str] | None = None,
     ):
         self.app = app
         self._users = users
         self._limiter = limiter
         self._open_paths = frozenset(open_paths)
         self._verifying: _Verifying | None = None
+        self._internal = None
+        if internal is not None:
+            token = base64.b64encode(f"{internal[0]}:{internal[1]}".encode()).decode()
+            self._internal = (internal[0], f"Basic {token}")
         safe_realm = realm.replace("\\", "").replace('"', "")
         self._challenge = f'Basic realm="{safe_realm}", charset="UTF-8"'
         if not users():
@@ -184,7 +193,7 @@ class BasicAuthMiddleware:
         client = environ.get("REMOTE_ADDR") or "-"
         if self._limiter is not None and (wait := self._limiter.retry_after(client)):
             return self._refuse(start_response, wait)
-        user = self.authenticate(environ.get("HTTP_AUTHORIZATION"))
+        user = self._internal_user(environ) or self.authenticate(environ.get("HTTP_AUTHORIZATION"))
         if user is None:
             if self._limiter is not None:
                 self._limiter.record_failure(client)
@@ -192,7 +201,20 @@ class BasicAuthMiddleware:
         if self._limiter is not None:
             self._limiter.record_success(client)
         environ["REMOTE_USER"] = user
+        # MLflow sees the request as ``mlflow server`` without an auth app does: no credential.
+        # Its handlers read ``request.authorization`` only for its own auth app (e.g. to run a
+        # judge job as the caller, with a token of that app), and nothing below needs the password.
+        environ.pop("HTTP_AUTHORIZATION", None)
         return self.app(environ, start_response)
+
+    def _internal_user(self, environ: dict) -> str | None:
+        if self._internal is None or environ.get("REMOTE_ADDR") not in LOOPBACK:
+            return None
+        name, expected = self._internal
+        header = environ.get("HTTP_AUTHORIZATION") or ""
+        if secrets.compare_digest(header.encode("utf-8", "surrogatepass"), expected.encode()):
+            return name
+        return None
 
     def _challenge_response(self, start_response: Callable):
         body = b"401 Unauthorized: valid credentials are required.\n"

@@ -77,6 +77,7 @@ class Settings:
     db_auto_upgrade: bool
     db_pool_size: int
     enable_webhooks: bool
+    job_execution: bool  # MLflow's job runner beside the server (server/job_runner.py)
     log_level: str
     local_mode: bool
     secrets_dir: str | None
@@ -319,6 +320,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         db_auto_upgrade=reader.flag("MLFLOW_DB_AUTO_UPGRADE", True),
         db_pool_size=reader.integer("MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", 5, minimum=1),
         enable_webhooks=reader.flag("MLFLOW_ENABLE_WEBHOOKS", False),
+        job_execution=reader.flag("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", True),
         log_level=(reader.text("LOG_LEVEL") or "info").lower(),
         local_mode=local_mode,
         secrets_dir=reader.secrets_dir,

@@ -70,6 +70,30 @@ def when_ready(server):
     # with the rest rather than paying a full collection on the cold-start path
     gc.freeze()
     gc.enable()
+    _start_job_runner(server)
+
+
+# MLflow's job runner (judges, scorers, evaluation and the periodic tasks), started by the
+# master once the app is loaded and stopped with it: see server/job_runner.py.
+_job_runner = None
+
+
+def _start_job_runner(server):
+    global _job_runner
+    from server import app, job_runner
+
+    if app.job_credential is None:
+        return
+    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    env = job_runner.runner_environment(settings.backend_store_uri, settings.default_artifact_root,
+                                        f"http://{host}:{settings.port}", app.job_credential, os.getpid())
+    _job_runner = job_runner.start(env)
+
+
+def on_exit(server):
+    from server import job_runner
+
+    job_runner.stop(_job_runner)
 
 
 def post_fork(server, worker):

@@ -11,11 +11,17 @@ from __future__ import annotations
 import os
 import urllib.parse
 
+from server import internals
 from server.config import Settings
 
 # Only artifact-store URIs may become a model version's source: blocks the file-read chain
 # that registers file:///etc/ or //proc/self/root as a model and downloads it.
-SOURCE_REGEX = r"^(mlflow-artifacts:/|runs:/|models:/)"
+# MLflow's prompt registry stores every prompt version as a model version whose source is a
+# fixed placeholder (the client and UI send "dummy-source", the store "prompt-template"); MLflow
+# checks this regex before it knows the version is a prompt, then requires a prompt's source to
+# be exactly a placeholder. A non-prompt version with a placeholder source points at a relative
+# path that the server never creates.
+SOURCE_REGEX = r"^(mlflow-artifacts:/|runs:/|models:/)|^(dummy-source|prompt-template)$"
 GCS_CHUNK_BYTES = 8 * 1024 * 1024  # MLflow's default 100 MiB chunk is held in memory per upload
 
 
@@ -59,17 +65,17 @@ def artifacts_destination(settings: Settings) -> str:
 def mlflow_environment(settings: Settings, environ: dict[str, str]) -> dict[str, str]:
     """The variables to set for MLflow, given the current environment."""
     env = {
-        "_MLFLOW_SERVER_FILE_STORE": settings.backend_store_uri,
-        "_MLFLOW_SERVER_ARTIFACT_ROOT": settings.default_artifact_root,
-        "_MLFLOW_SERVER_SERVE_ARTIFACTS": "true",
-        "_MLFLOW_SERVER_ARTIFACT_DESTINATION": artifacts_destination(settings),
+        internals.BACKEND_STORE_URI_ENV_VAR: settings.backend_store_uri,
+        internals.ARTIFACT_ROOT_ENV_VAR: settings.default_artifact_root,
+        internals.SERVE_ARTIFACTS_ENV_VAR: "true",
+        internals.ARTIFACTS_DESTINATION_ENV_VAR: artifacts_destination(settings),
         "_MLFLOW_SGI_NAME": "gunicorn",
         "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
         "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(settings.db_pool_size),
     }
     if settings.registry_store_uri:
-        env["_MLFLOW_SERVER_REGISTRY_STORE"] = settings.registry_store_uri
+        env[internals.REGISTRY_STORE_URI_ENV_VAR] = settings.registry_store_uri
     env.update(settings.library_env)
     defaults = {
         "MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX": SOURCE_REGEX,

@@ -1,0 +1,205 @@
+"""Every internal of MLflow, gunicorn and protobuf that this server patches, replaces,
+subclasses or reads: the one list to read when a pin moves.
+
+Each entry names what it touches, the module of ours that touches it, why, and the kind:
+
+* ``safety``: without it the server would be less safe or lose data (the auth gate, shutdown,
+  memory and connection bounds, routes). If its target is missing or changed shape, the server
+  refuses to start with an error that names the entry.
+* ``speed``: a faster path for the same result. If its target changed, the patch switches
+  itself off with a warning and MLflow's own code runs.
+
+"Shape" is what our code relies on: the attribute exists, and a callable's parameters are the
+ones listed. ``verify()`` runs at start-up (``server/app.py``); ``tests/test_internals.py`` is
+the contract test, and also pins a digest of each target's source, so a pin bump whose target
+changed at all fails there and points at the entry to re-read.
+
+Upgrading MLflow (or gunicorn, protobuf): bump the pin, run the tests, read the entries that
+fail, re-check their code against the new version, update ``WRITTEN_FOR`` and the digests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger("server.internals")
+
+WRITTEN_FOR = {"mlflow": "3.17.2", "gunicorn": "27.0.1", "protobuf": "7.36.2", "fastapi": "0.165.0"}
+
+# Names MLflow's server reads from the environment; ``mlflow server`` sets them for its workers.
+BACKEND_STORE_URI_ENV_VAR = "_MLFLOW_SERVER_FILE_STORE"
+REGISTRY_STORE_URI_ENV_VAR = "_MLFLOW_SERVER_REGISTRY_STORE"
+ARTIFACT_ROOT_ENV_VAR = "_MLFLOW_SERVER_ARTIFACT_ROOT"
+SERVE_ARTIFACTS_ENV_VAR = "_MLFLOW_SERVER_SERVE_ARTIFACTS"
+ARTIFACTS_DESTINATION_ENV_VAR = "_MLFLOW_SERVER_ARTIFACT_DESTINATION"
+HUEY_STORAGE_PATH_ENV_VAR = "_MLFLOW_HUEY_STORAGE_PATH"
+MLFLOW_SERVER_UP_TIME = "_MLFLOW_SERVER_UP_TIME"
+
+
+class InternalsChangedError(RuntimeError):
+    """A safety entry's target is missing or changed shape: the server must not start."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One attribute we rely on: ``module`` plus a dotted ``attr`` path (empty: the module)."""
+
+    module: str
+    attr: str = ""
+    params: tuple[str, ...] | None = None  # a callable's parameter names, in order
+    value: object = None  # a constant's expected value
+    contains: str | None = None  # text its source must hold (an instance attribute it sets)
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}:{self.attr}" if self.attr else self.module
+
+    def resolve(self):
+        obj = importlib.import_module(self.module)
+        for part in filter(None, self.attr.split(".")):
+            obj = getattr(obj, part)
+        return obj
+
+    def problem(self) -> str | None:
+        """Why this target no longer fits our code, or None."""
+        try:
+            obj = self.resolve()
+        except (ImportError, AttributeError) as exc:
+            return f"{self.name} is gone ({exc.__class__.__name__}: {exc})"
+        if self.params is not None:
+            try:
+                params = tuple(inspect.signature(obj).parameters)
+            except (TypeError, ValueError):
+                return f"{self.name} is no longer a function"
+            if params != self.params:
+                return f"{self.name} now takes {params}, written for {self.params}"
+        if self.value is not None and obj != self.value:
+            return f"{self.name} is now {obj!r}, written for {self.value!r}"
+        if self.contains is not None:
+            try:
+                source = inspect.getsource(obj)
+            except (OSError, TypeError):
+                return f"{self.name}: its source cannot be read"
+            if self.contains not in source:
+                return f"{self.name} no longer has {self.contains!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str  # "safety" or "speed"
+    used_by: str
+    why: str
+    targets: tuple[Target, ...] = field(default_factory=tuple)
+
+    def problems(self) -> list[str]:
+        return [p for p in (t.problem() for t in self.targets) if p]
+
+
+H = "mlflow.server.handlers"
+SQL_TRACKING = "mlflow.store.tracking.sqlalchemy_store"
+SQL_REGISTRY = "mlflow.store.model_registry.sqlalchemy_store"
+
+ENTRIES: tuple[Entry, ...] = (
+    Entry("server environment", "safety", "server/mlflow_env.py",
+          "the variables MLflow's Flask app reads for its stores and artifact proxy at import",
+          (Target("mlflow.server.constants", "BACKEND_STORE_URI_ENV_VAR", value=BACKEND_STORE_URI_ENV_VAR),
+           Target("mlflow.server.constants", "REGISTRY_STORE_URI_ENV_VAR", value=REGISTRY_STORE_URI_ENV_VAR),
+           Target("mlflow.server.constants", "ARTIFACT_ROOT_ENV_VAR", value=ARTIFACT_ROOT_ENV_VAR),
+           Target("mlflow.server.constants", "SERVE_ARTIFACTS_ENV_VAR", value=SERVE_ARTIFACTS_ENV_VAR),
+           Target("mlflow.server.constants", "ARTIFACTS_DESTINATION_ENV_VAR",
+                  value=ARTIFACTS_DESTINATION_ENV_VAR))),
+    Entry("store start-up", "safety", "server/app.py",
+          "the stores are opened in gunicorn's master and their engines disposed after the fork",
+          (Target(H, "initialize_backend_stores",
+                  params=("backend_store_uri", "registry_store_uri", "default_artifact_root",
+                          "workspace_store_uri", "read_replica_backend_store_uri")),
+           Target(H, "_tracking_store"), Target(H, "_model_registry_store"))),
+    Entry("one connection pool per worker", "safety", "server/app.py",
+          "the registry store shares the tracking store's engine map: the connection bound in the README",
+          (Target(SQL_TRACKING, "SqlAlchemyStore._engine_map"), Target(SQL_REGISTRY, "SqlAlchemyStore._engine_map"))),
+    Entry("schema migration", "safety", "server/migrate.py",
+          "migrations once, under an advisory lock, before the workers fork",
+          (Target("mlflow.store.db.utils", "_all_tables_exist", params=("engine",)),
+           Target("mlflow.store.db.utils", "_is_empty_database", params=("engine",)),
+           Target("mlflow.store.db.utils", "_initialize_tables", params=("engine",)),
+           Target("mlflow.store.db.utils", "_get_latest_schema_revision", params=()),
+           Target("mlflow.store.db.utils", "_get_schema_version", params=("engine",)),
+           Target("mlflow.store.db.utils", "_upgrade_db", params=("engine",)))),
+    Entry("streaming artifact proxy", "safety", "server/artifact_streaming.py",
+          "uploads and downloads through the proxy in bounded chunks instead of whole temp files "
+          "(on Cloud Run /tmp is memory)",
+          (Target(H, "_send_artifact", params=("artifact_repository", "path")),
+           Target(H, "validate_path_is_safe", params=("path",)),
+           Target(H, "_get_workspace_scoped_repo_path_if_enabled", params=("artifact_path",)),
+           Target(H, "_get_artifact_repo_mlflow_artifacts", params=()),
+           Target(H, "_content_disposition_attachment", params=("filename",)),
+           Target(H, "_guess_mime_type", params=("file_path",)),
+           Target(H, "catch_mlflow_exception"),
+           Target("mlflow.store.artifact.artifact_repository_registry", "_artifact_repository_registry"),
+           Target("mlflow.store.artifact.artifact_repo", "StreamUploadMixin"),
+           Target("mlflow.store.artifact.gcs_artifact_repo", "GCSArtifactRepository"),
+           Target("mlflow.store.artifact.s3_artifact_repo", "S3ArtifactRepository"))),
+    Entry("FastAPI-only routes", "safety", "server/native_routes.py",
+          "MLflow's FastAPI app (OTLP traces, jobs, gateway, MCP registry, assistant) behind our gate",
+          (Target("mlflow.server.fastapi_app", "create_fastapi_app", params=("flask_app",)),
+           Target("mlflow.server.artifact_router", "artifact_router"),
+           Target("mlflow.server.server_info_api", "server_info_router"),
+           Target("fastapi.routing", "_RouterIncludeContext"))),
+    Entry("job runner", "safety", "server/job_runner.py",
+          "MLflow's huey job runner started beside the server, as mlflow server starts it",
+          (Target("mlflow.server.jobs._job_runner"),
+           Target("mlflow.server.constants", "HUEY_STORAGE_PATH_ENV_VAR", value=HUEY_STORAGE_PATH_ENV_VAR),
+           Target("mlflow.server.constants", "MLFLOW_SERVER_UP_TIME", value=MLFLOW_SERVER_UP_TIME),
+           Target("mlflow.server.jobs.utils", "_check_requirements", params=("backend_store_uri",)))),
+    Entry("gthread worker", "safety", "server/worker.py",
+          "refuse new connections on SIGTERM, keep stop signals that arrive while a worker boots, "
+          "400 for unknown transfer codings",
+          (Target("gunicorn.workers.gthread", "ThreadWorker.set_accept_enabled", params=("self", "enabled")),
+           Target("gunicorn.workers.gthread", "ThreadWorker.init_signals", params=("self",)),
+           Target("gunicorn.workers.gthread", "ThreadWorker.handle_error",
+                  params=("self", "req", "client", "addr", "exc")),
+           Target("gunicorn.arbiter", "Arbiter.__init__", contains="self.SIG_QUEUE = queue.SimpleQueue()"),
+           Target("gunicorn.http.errors", "UnsupportedTransferCoding"),
+           Target("gunicorn.http.errors", "InvalidHeader"))),
+    Entry("JSON logs", "safety", "server/logs.py",
+          "gunicorn's logger subclassed for JSON access lines with every secret redacted",
+          (Target("gunicorn.glogging", "Logger.access", params=("self", "resp", "req", "environ", "request_time")),
+           Target("gunicorn.glogging", "Logger.setup", params=("self", "cfg")))),
+    Entry("compact JSON responses", "speed", "server/json_responses.py",
+          "MLflow's handlers print JSON in one pass without pretty-printing",
+          (Target(H, "message_to_json", params=("message", "pretty", "convert_int64_to_number")),
+           Target("google.protobuf.json_format", "_Printer._MessageToJsonObject", params=("self", "message")))),
+    Entry("one-statement metric writes", "speed", "server/metric_writes.py",
+          "log_metric and log_batch's metrics on PostgreSQL in one statement",
+          (Target(SQL_TRACKING, "SqlAlchemyStore._log_metrics_once", params=("self", "run_id", "metrics")),
+           Target("mlflow.utils.validation", "_validate_metric"))),
+)
+
+BY_NAME = {e.name: e for e in ENTRIES}
+
+
+def verify(entries: tuple[Entry, ...] = ENTRIES) -> set[str]:
+    """Check every entry; return the names of the speed entries to leave off.
+
+    Raises InternalsChangedError when a safety entry no longer fits.
+    """
+    off, fatal = set(), []
+    for entry in entries:
+        problems = entry.problems()
+        if not problems:
+            continue
+        if entry.kind == "safety":
+            fatal.append(f"{entry.name} ({entry.used_by}): " + "; ".join(problems))
+        else:
+            off.add(entry.name)
+            log.warning("%s switched off, MLflow's own code runs instead: %s", entry.name, "; ".join(problems))
+    if fatal:
+        raise InternalsChangedError(
+            "this server was written for " + ", ".join(f"{k} {v}" for k, v in WRITTEN_FOR.items())
+            + "; what it relies on has changed, see server/internals.py:\n  " + "\n  ".join(fatal))
+    return off

@@ -1,0 +1,112 @@
+"""MLflow's job runner beside the server, as ``mlflow server`` starts it.
+
+``mlflow server`` starts a huey job runner next to its web workers: it runs the jobs the UI and
+the API start (judges and scorers, issue detection, ``genai.evaluate``, prompt optimisation) and
+the periodic tasks (online scoring, trace archival, SQL trace roll-ups). The runner is
+``python -m mlflow.server.jobs._job_runner``; it starts one huey consumer per job function,
+each polling a SQLite queue in a folder the web workers submit to (in ``/dev/shm`` where there
+is one), and its job code talks back to this server over HTTP.
+
+Differences from ``mlflow server``, on purpose:
+
+* the runner's HTTP calls go through our Basic-auth gate like any other client's, with a
+  credential made at start-up for this process tree only (``internal_user``): 256 random bits,
+  never written anywhere, refused from any peer but loopback;
+* it runs in a process group of its own, which gunicorn's master stops as a whole when it
+  exits (SIGTERM, then SIGKILL after ``STOP_SECONDS``), so a stopped container leaves no
+  consumer behind and the stop stays inside Cloud Run's 10 s. A job cut off this way is queued
+  again by the next runner (MLflow re-enqueues unfinished jobs at start).
+
+Configuration is MLflow's: ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` starts no runner,
+``MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS=false`` keeps the periodic tasks off (set it on all but
+one instance when several share a database).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+log = logging.getLogger("server.job_runner")
+
+INTERNAL_USER = "mlflow-job-runner"
+STOP_SECONDS = 1.5
+
+
+def internal_credential() -> tuple[str, str]:
+    """(user, password) for the runner's calls to this server; new at every start."""
+    return INTERNAL_USER, secrets.token_urlsafe(32)
+
+
+def prepare_queue_folder() -> str:
+    """The huey queue folder, set in the environment before the web workers fork (they submit
+    to it), as ``mlflow server`` does."""
+    from server.internals import HUEY_STORAGE_PATH_ENV_VAR
+
+    folder = tempfile.mkdtemp(prefix="mlflow-jobs-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    os.environ[HUEY_STORAGE_PATH_ENV_VAR] = folder
+    return folder
+
+
+def runner_environment(backend_store_uri: str, default_artifact_root: str, server_url: str,
+                       credential: tuple[str, str], server_pid: int) -> dict[str, str]:
+    """What ``mlflow server`` gives its runner, plus the credential its HTTP calls need."""
+    from server.internals import MLFLOW_SERVER_UP_TIME
+
+    env = dict(os.environ)
+    env.update({
+        "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
+        "MLFLOW_DEFAULT_ARTIFACT_ROOT": default_artifact_root,
+        "MLFLOW_TRACKING_URI": server_url,
+        "MLFLOW_TRACKING_USERNAME": credential[0],
+        "MLFLOW_TRACKING_PASSWORD": credential[1],
+        "MLFLOW_SERVER_PID": str(server_pid),
+        MLFLOW_SERVER_UP_TIME: str(int(time.time() * 1000)),
+        # the job code's own server calls never leave this instance
+        "NO_PROXY": "127.0.0.1,localhost",
+    })
+    env.setdefault("MLFLOW_GATEWAY_URI", server_url)
+    return env
+
+
+def start(env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow.server.jobs._job_runner"], env=env,
+                            start_new_session=True)
+    log.info("MLflow job runner started (pid %d)", proc.pid)
+    return proc
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    """Stop the runner and every consumer and job it started (one process group)."""
+    if proc is None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not _group_alive(proc.pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.poll()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
