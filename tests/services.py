@@ -395,6 +395,39 @@ class Server:
         return self.logs()
 
 
+class StockServer:
+    """Stock ``mlflow server`` of the pinned version, the yardstick of the parity tests:
+    uvicorn, MLflow's FastAPI app and its job runner, as its documentation starts it."""
+
+    def __init__(self, workdir: Path, backend_store_uri: str, artifacts_destination: str,
+                 env: dict[str, str] | None = None, workers: int = 2):
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.log = workdir / "stock-server.log"
+        self.args = [str(VENV_BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port),
+                     "--workers", str(workers), "--backend-store-uri", backend_store_uri,
+                     "--artifacts-destination", artifacts_destination]
+        self.env = base_env({"MLFLOW_DISABLE_TELEMETRY": "true", "TMPDIR": str(workdir), **(env or {})})
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 120) -> StockServer:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True, cwd=self.workdir)
+        wait_for(lambda: urllib.request.urlopen(f"{self.url}/health", timeout=2).status == 200,
+                 timeout, "stock mlflow server", self.proc, self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc, signal.SIGTERM, 20)
+
+
 def start_together(servers: list[Server], timeout: float = 180) -> None:
     """Start several servers at the same moment (as Cloud Run scales out), wait for all."""
     gate = threading.Barrier(len(servers))
