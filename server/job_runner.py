@@ -12,6 +12,11 @@ Differences from ``mlflow server``, on purpose:
 * the runner's HTTP calls go through our Basic-auth gate like any other client's, with a
   credential made at start-up for this process tree only (``internal_user``): 256 random bits,
   never written anywhere, refused from any peer but loopback;
+* its output, and that of every consumer and job it starts, is relayed as JSON log lines with
+  every known secret redacted, like the server's own (``main`` below runs MLflow's runner with
+  its standard output and error on a pipe);
+* it uses no connection pool: a consumer holds a database connection only while it works, so
+  an idle runner adds nothing to the server's connection bound (README "Database connections");
 * it runs in a process group of its own, which gunicorn's master stops as a whole when it
   exits (SIGTERM, then SIGKILL after ``STOP_SECONDS``), so a stopped container leaves no
   consumer behind and the stop stays inside Cloud Run's 10 s. A job cut off this way is queued
@@ -24,19 +29,29 @@ one instance when several share a database).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
+import runpy
 import secrets
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 log = logging.getLogger("server.job_runner")
 
 INTERNAL_USER = "mlflow-job-runner"
 STOP_SECONDS = 1.5
+# our own settings that hold users' passwords: the runner and its jobs need none of them
+NOT_FOR_THE_RUNNER = frozenset({"MLFLOW_AUTH_USERS", "MLFLOW_AUTH_USERS_FILE", "WSGI_AUTH_CREDENTIALS",
+                                "WSGI_AUTH_CREDENTIALS_FILE",
+                                # the web workers' pool sizes: SQLAlchemy refuses them with NullPool
+                                "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"})
+_LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 
 
 def internal_credential() -> tuple[str, str]:
@@ -59,7 +74,7 @@ def runner_environment(backend_store_uri: str, default_artifact_root: str, serve
     """What ``mlflow server`` gives its runner, plus the credential its HTTP calls need."""
     from server.internals import MLFLOW_SERVER_UP_TIME
 
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in NOT_FOR_THE_RUNNER}
     env.update({
         "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
         "MLFLOW_DEFAULT_ARTIFACT_ROOT": default_artifact_root,
@@ -70,14 +85,14 @@ def runner_environment(backend_store_uri: str, default_artifact_root: str, serve
         MLFLOW_SERVER_UP_TIME: str(int(time.time() * 1000)),
         # the job code's own server calls never leave this instance
         "NO_PROXY": "127.0.0.1,localhost",
+        "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool",
     })
     env.setdefault("MLFLOW_GATEWAY_URI", server_url)
     return env
 
 
 def start(env: dict[str, str]) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow.server.jobs._job_runner"], env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "server.job_runner"], env=env, start_new_session=True)
     log.info("MLflow job runner started (pid %d)", proc.pid)
     return proc
 
@@ -110,3 +125,54 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _secrets_in(env: dict[str, str]) -> tuple[str, ...]:
+    from server.config import db_password
+
+    found = [env.get("MLFLOW_TRACKING_PASSWORD"), env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN")]
+    found += [db_password(env.get(k, "")) for k in ("MLFLOW_BACKEND_STORE_URI", "_MLFLOW_SERVER_FILE_STORE",
+                                                     "_MLFLOW_SERVER_REGISTRY_STORE")]
+    return tuple(v for v in found if v)
+
+
+def as_json_line(line: str) -> str:
+    """One line of the runner's (or a job's) output as a JSON log line, secrets redacted."""
+    from server.logs import redact
+
+    line = line.rstrip("\n")
+    if line.startswith("{"):
+        try:
+            json.loads(line)
+            return redact(line)
+        except ValueError:
+            pass
+    level = _LEVEL.search(line)
+    return json.dumps({"severity": level.group(1) if level else "INFO", "message": redact(line),
+                       "logger": "mlflow.server.jobs",
+                       "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "+00:00"},
+                      ensure_ascii=False)
+
+
+def _relay(source: int, sink: int) -> None:
+    with os.fdopen(source, "r", encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            os.write(sink, (as_json_line(line) + "\n").encode())
+
+
+def main() -> None:
+    """The runner process: MLflow's job runner, its output (and its children's) relayed as JSON."""
+    from server import logs
+
+    logs.install_redaction(_secrets_in(dict(os.environ)))
+    sink = os.dup(1)
+    read, write = os.pipe()
+    os.dup2(write, 1)
+    os.dup2(write, 2)
+    os.close(write)
+    threading.Thread(target=_relay, args=(read, sink), name="json-relay", daemon=True).start()
+    runpy.run_module("mlflow.server.jobs._job_runner", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -508,7 +508,24 @@ def wait_for_workers(pid: int, workers: int, timeout: float = 60) -> None:
     """Until gunicorn's master `pid` has all its workers: the first answer can come from the
     first worker while the others are still forking, and a memory baseline taken then would
     count a whole worker as growth."""
-    wait_for(lambda: len(process_tree(pid)) >= 1 + workers, timeout, f"{workers} workers")
+    wait_for(lambda: len(web_processes(pid)) >= 1 + workers, timeout, f"{workers} workers")
+
+
+def web_processes(pid: int) -> list[int]:
+    """gunicorn's master `pid` and its workers, without MLflow's job runner and its consumers
+    (they run in a session of their own, server/job_runner.py)."""
+    try:
+        session = os.getsid(pid)
+    except OSError:
+        return []
+    found = []
+    for p in process_tree(pid):
+        try:
+            if os.getsid(p) == session:
+                found.append(p)
+        except OSError:
+            pass
+    return found
 
 
 def proc_kib(pids: list[int], filename: str, field: str) -> int:
