@@ -1,0 +1,116 @@
+"""MLflow's job runner beside our server (server/job_runner.py): it runs, it stops with the
+server inside Cloud Run's 10 s, it can be turned off, and its credential works only for it."""
+
+from __future__ import annotations
+
+import base64
+import signal
+import time
+
+import pytest
+
+from server.auth import BasicAuthMiddleware
+from server.users import User
+from tests.conftest import gcs_server_config
+from tests.services import Server, process_tree, wait_for
+
+
+def runner_processes(server: Server) -> list[str]:
+    names = []
+    for pid in process_tree(server.proc.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "mlflow.server.jobs" in cmd or "huey_consumer" in cmd:
+            names.append(cmd)
+    return names
+
+
+def alive(pids: list[int]) -> list[int]:
+    left = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split(") ", 1)[1][0] != "Z":
+                    left.append(pid)
+        except OSError:
+            pass
+    return left
+
+
+def test_the_runner_starts_with_the_server_and_stops_with_it_within_10_s(tmp_path, postgres, gcs):
+    env, secrets = gcs_server_config(postgres, gcs, "mlflow_job_runner")
+    server = Server(tmp_path, env, secrets).start()
+    try:
+        # the runner, and one huey consumer per job function plus the periodic one
+        wait_for(lambda: len(runner_processes(server)) >= 7, 60, "the job runner's consumers")
+        tree = process_tree(server.proc.pid)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(10)
+        took = time.monotonic() - started
+        wait_for(lambda: not alive(tree), 3, "every process of the server and its runner to end")
+    finally:
+        server.stop()
+    print(f"\nSIGTERM to exit with the job runner: {took:.2f} s")
+    assert code == 0 and took < 8
+
+
+def test_no_runner_when_job_execution_is_off(tmp_path, postgres, gcs):
+    env, secrets = gcs_server_config(postgres, gcs, "mlflow_no_job_runner")
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    server = Server(tmp_path, env, secrets).start()
+    try:
+        time.sleep(3)  # the runner starts right after the app is loaded, before health answers
+        assert runner_processes(server) == []
+    finally:
+        server.stop()
+
+
+def _app(environ, start_response):
+    start_response("200 OK", [])
+    return [environ.get("REMOTE_USER", "").encode()]
+
+
+def _call(app, remote_addr: str, header: str) -> tuple[str, bytes]:
+    got = {}
+    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/x", "REMOTE_ADDR": remote_addr,
+                         "HTTP_AUTHORIZATION": header},
+                        lambda status, headers, exc=None: got.setdefault("status", status)))
+    return got["status"], body
+
+
+@pytest.mark.parametrize(("peer", "status"), [("127.0.0.1", "200 OK"), ("::1", "200 OK"),
+                                              ("10.0.0.7", "401 Unauthorized"),
+                                              ("203.0.113.9", "401 Unauthorized")])
+def test_the_runners_credential_works_from_loopback_only(peer, status):
+    internal = ("mlflow-job-runner", "s3cret-token-of-this-start")
+    app = BasicAuthMiddleware(_app, users=lambda: {"alice": User("alice", "pw-of-alice", "plain")},
+                              internal=internal)
+    header = "Basic " + base64.b64encode(f"{internal[0]}:{internal[1]}".encode()).decode()
+    got, body = _call(app, peer, header)
+    assert got == status
+    if status.startswith("200"):
+        assert body == b"mlflow-job-runner"
+
+
+def test_the_runners_name_with_another_password_is_refused():
+    app = BasicAuthMiddleware(_app, users=lambda: {"alice": User("alice", "pw-of-alice", "plain")},
+                              internal=("mlflow-job-runner", "right"))
+    header = "Basic " + base64.b64encode(b"mlflow-job-runner:wrong").decode()
+    assert _call(app, "127.0.0.1", header)[0] == "401 Unauthorized"
+
+
+def test_mlflow_never_sees_the_authorization_header():
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        start_response("200 OK", [])
+        return [b""]
+
+    auth = BasicAuthMiddleware(app, users=lambda: {"alice": User("alice", "pw-of-alice", "plain")})
+    status, _ = _call(auth, "127.0.0.1", "Basic " + base64.b64encode(b"alice:pw-of-alice").decode())
+    assert status == "200 OK" and "HTTP_AUTHORIZATION" not in seen and seen["REMOTE_USER"] == "alice"
