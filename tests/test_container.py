@@ -15,12 +15,13 @@ import requests
 
 from tests.conftest import ALICE, ALL_PASSWORDS, BOB, USERS_FILE, need
 from tests.container import build_image, inspect, run_in_image, start_container
-from tests.services import trickle
+from tests.services import ROOT, trickle
 from tests.test_training_flow import check_flow
 
 pytestmark = pytest.mark.container
 
-MAX_IMAGE_BYTES = 350 * 1000 * 1000
+# Half the stand-in for MLflow's official image built here (919 MB, docs/container.md).
+MAX_IMAGE_BYTES = 459 * 1000 * 1000
 UID = 10001
 
 
@@ -54,6 +55,17 @@ def test_image_size_user_and_no_build_tools(image):
                                 "/opt/venv/bin/python -c 'import pip' 2>/dev/null && echo venv-pip; "
                                 "ls /var/lib/apt/lists /var/cache/apt/archives 2>/dev/null | grep -v -e '^/' -e '^$' -e partial -e lock")
     assert tools.stdout.strip() == "", tools.stdout
+
+
+def test_every_module_of_the_servers_code_paths_is_in_the_image(image):
+    """The judges' pandas was missing once: a route answered 500 only when a user reached it."""
+    script = (ROOT / "tests" / "server_imports.py").read_text()
+    done = subprocess.run(["docker", "run", "--rm", "--network", "none", "-e", "MLFLOW_DISABLE_TELEMETRY=true",
+                           "--entrypoint", "/opt/venv/bin/python", image, "-W", "ignore", "-c", script],
+                          capture_output=True, text=True, timeout=300)
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert "unexpected: []" in done.stdout
 
 
 def test_image_metadata(image):
