@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
@@ -18,6 +22,8 @@ from tests.services import (
     S3Server,
     SecretManagerStandIn,
     Server,
+    StockServer,
+    base_env,
 )
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -143,3 +149,53 @@ def s3_server(workdir, postgres, s3):
     server.stop()
     OUTPUT.mkdir(exist_ok=True)
     shutil.copy(server.log, OUTPUT / "server-s3.log")
+
+
+PARITY_SCRIPT = ROOT / "tests" / "parity_script.py"
+
+
+def run_parity_session(url: str, out: Path, credentials=None) -> dict:
+    """tests/parity_script.py with the stock client against ``url``; its results."""
+    env = base_env({"MLFLOW_TRACKING_URI": url, "MLFLOW_DISABLE_TELEMETRY": "true",
+                    "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false"})
+    if credentials:
+        env.update(MLFLOW_TRACKING_USERNAME=credentials[0], MLFLOW_TRACKING_PASSWORD=credentials[1])
+    done = subprocess.run([sys.executable, str(PARITY_SCRIPT), str(out)], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=out.parent)
+    (out.parent / f"{out.stem}.log").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@dataclass
+class Parity:
+    stock: StockServer
+    ours: Server
+    stock_results: dict
+    our_results: dict
+
+
+@pytest.fixture(scope="session")
+def parity(workdir, postgres, gcs):
+    """Stock ``mlflow server`` of the pinned version and ours side by side, each on a database
+    and a bucket folder of its own, after the same stock-client session against each."""
+    # SQLAlchemy 2.1 reads postgresql:// as psycopg 3; the locks have psycopg2 (as a user of
+    # stock MLflow finds out, and writes the driver into the URI)
+    stock_db = postgres.create_database("parity_stock").replace("postgresql://", "postgresql+psycopg2://")
+    stock = StockServer(workdir / "parity-stock", stock_db, f"gs://{gcs.bucket}/parity-stock", env=gcs.env())
+    ours = Server(workdir / "parity-ours", gcs.env(), {
+        "mlflow_backend_store_uri": postgres.create_database("parity_ours"),
+        "mlflow_artifacts_destination": f"gs://{gcs.bucket}/parity-ours",
+        "mlflow_auth_users": USERS_FILE})
+    OUTPUT.mkdir(exist_ok=True)
+    try:
+        stock.start()
+        ours.start()
+        yield Parity(stock, ours, run_parity_session(stock.url, OUTPUT / "parity-stock.json"),
+                     run_parity_session(ours.url, OUTPUT / "parity-ours.json", ALICE))
+    finally:
+        ours.stop()
+        stock.stop()
+        for server, name in ((ours, "parity-ours-server.log"), (stock, "parity-stock-server.log")):
+            if server.log.exists():
+                (OUTPUT / name).write_text(server.log.read_text(errors="replace"))
