@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("server.internals")
 
-WRITTEN_FOR = {"mlflow": "3.17.2", "gunicorn": "27.0.1", "protobuf": "7.36.2", "fastapi": "0.165.0"}
+WRITTEN_FOR = {"mlflow": "3.17.2", "gunicorn": "27.0.1", "protobuf": "7.36.2", "fastapi": "0.165.0", "huey": "3.5.4"}
 
 # Names MLflow's server reads from the environment; ``mlflow server`` sets them for its workers.
 BACKEND_STORE_URI_ENV_VAR = "_MLFLOW_SERVER_FILE_STORE"
@@ -151,11 +151,27 @@ ENTRIES: tuple[Entry, ...] = (
            Target("mlflow.server.server_info_api", "server_info_router"),
            Target("fastapi.routing", "_RouterIncludeContext"))),
     Entry("job runner", "safety", "server/job_runner.py",
-          "MLflow's huey job runner started beside the server, as mlflow server starts it",
+          "MLflow's job runner and its huey consumers (mlflow.server.jobs._job_runner, _huey_consumer, "
+          "_periodic_tasks_consumer) done in one process beside the server",
+          # (the two consumer modules run their set-up when imported, so only the runner's is here)
           (Target("mlflow.server.jobs._job_runner"),
            Target("mlflow.server.constants", "HUEY_STORAGE_PATH_ENV_VAR", value=HUEY_STORAGE_PATH_ENV_VAR),
            Target("mlflow.server.constants", "MLFLOW_SERVER_UP_TIME", value=MLFLOW_SERVER_UP_TIME),
-           Target("mlflow.server.jobs.utils", "_check_requirements", params=("backend_store_uri",)))),
+           Target("mlflow.server.jobs.utils", "_job_name_to_fn_fullname_map"),
+           Target("mlflow.server.jobs.utils", "_load_function", params=("fullname",)),
+           Target("mlflow.server.jobs.utils", "get_job_fn_fullname", params=("job_name",)),
+           Target("mlflow.server.jobs.utils", "_get_or_init_huey_instance", params=("instance_key",)),
+           Target("mlflow.server.jobs.utils", "HUEY_PERIODIC_TASKS_INSTANCE_KEY", value="periodic_tasks"),
+           Target("mlflow.server.jobs.utils", "PERIODIC_TASKS_WORKER_COUNT"),
+           Target("mlflow.server.jobs.utils", "register_periodic_tasks", params=("huey_instance",)),
+           Target("mlflow.server.jobs.utils", "_should_flush_periodic_locks", params=()),
+           Target("mlflow.server.jobs.utils", "_enqueue_unfinished_jobs", params=("server_launching_timestamp",)),
+           Target("mlflow.server.jobs.utils", "_start_watcher_to_kill_job_runner_if_mlflow_server_dies",
+                  params=("check_interval",)),
+           Target("mlflow.server.jobs.logging_utils", "configure_logging_for_jobs", params=()),
+           Target("huey.api", "Huey.create_consumer", params=("self", "options")),
+           Target("huey.consumer", "Consumer.start", params=("self",)),
+           Target("huey.consumer", "Consumer.stop", params=("self", "graceful")))),
     Entry("gthread worker", "safety", "server/worker.py",
           "refuse new connections on SIGTERM, keep stop signals that arrive while a worker boots, "
           "400 for unknown transfer codings",

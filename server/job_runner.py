@@ -2,13 +2,17 @@
 
 ``mlflow server`` starts a huey job runner next to its web workers: it runs the jobs the UI and
 the API start (judges and scorers, issue detection, ``genai.evaluate``, prompt optimisation) and
-the periodic tasks (online scoring, trace archival, SQL trace roll-ups). The runner is
-``python -m mlflow.server.jobs._job_runner``; it starts one huey consumer per job function,
-each polling a SQLite queue in a folder the web workers submit to (in ``/dev/shm`` where there
-is one), and its job code talks back to this server over HTTP.
+the periodic tasks (online scoring, trace archival, SQL trace roll-ups). Each job function has
+a huey queue of its own (a SQLite file in a folder the web workers submit to, in ``/dev/shm``
+where there is one), each job runs in a subprocess of its own, and its code talks back to this
+server over HTTP.
 
 Differences from ``mlflow server``, on purpose:
 
+* one process hosts all the consumers, as threads (huey's thread workers, the kind MLflow's
+  consumers use too), instead of MLflow's runner process plus one ``huey_consumer`` process per
+  queue: eight interpreters that each import MLflow (171 MB each, 1.4 GB in all, measured)
+  become one (``main``); the jobs themselves still run in subprocesses, as in MLflow;
 * the runner's HTTP calls go through our Basic-auth gate like any other client's, with a
   credential made at start-up for this process tree only (``internal_user``): 256 random bits,
   never written anywhere, refused from any peer but loopback;
@@ -33,7 +37,6 @@ import json
 import logging
 import os
 import re
-import runpy
 import secrets
 import signal
 import subprocess
@@ -51,6 +54,7 @@ NOT_FOR_THE_RUNNER = frozenset({"MLFLOW_AUTH_USERS", "MLFLOW_AUTH_USERS_FILE", "
                                 "WSGI_AUTH_CREDENTIALS_FILE",
                                 # the web workers' pool sizes: SQLAlchemy refuses them with NullPool
                                 "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"})
+RECOVERY_DELAY = 5  # seconds after start before unfinished jobs are queued again
 _LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 
 
@@ -91,8 +95,8 @@ def runner_environment(backend_store_uri: str, default_artifact_root: str, serve
     return env
 
 
-def start(env: dict[str, str]) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "server.job_runner"], env=env, start_new_session=True)
+def start(env: dict[str, str], log_level: str = "info") -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "server.job_runner", log_level], env=env, start_new_session=True)
     log.info("MLflow job runner started (pid %d)", proc.pid)
     return proc
 
@@ -160,19 +164,59 @@ def _relay(source: int, sink: int) -> None:
             os.write(sink, (as_json_line(line) + "\n").encode())
 
 
-def main() -> None:
+def main(log_level: str) -> None:
     """The runner process: MLflow's job runner, its output (and its children's) relayed as JSON."""
     from server import logs
 
     logs.install_redaction(_secrets_in(dict(os.environ)))
+    logs.configure_python_logging(log_level)
     sink = os.dup(1)
     read, write = os.pipe()
     os.dup2(write, 1)
     os.dup2(write, 2)
     os.close(write)
     threading.Thread(target=_relay, args=(read, sink), name="json-relay", daemon=True).start()
-    runpy.run_module("mlflow.server.jobs._job_runner", run_name="__main__", alter_sys=True)
+    run_consumers()
+
+
+def run_consumers() -> None:
+    """What MLflow's ``_job_runner`` and its ``huey_consumer`` processes do, in this process."""
+    from mlflow.environment_variables import MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS
+    from mlflow.server.jobs import logging_utils
+    from mlflow.server.jobs import utils as jobs
+
+    from server.internals import MLFLOW_SERVER_UP_TIME
+
+    logging_utils.configure_logging_for_jobs()
+    jobs._start_watcher_to_kill_job_runner_if_mlflow_server_dies()
+    consumers = []
+    for job_name in list(jobs._job_name_to_fn_fullname_map):
+        fn = jobs._load_function(jobs.get_job_fn_fullname(job_name))
+        huey = jobs._get_or_init_huey_instance(job_name).instance
+        consumers.append(huey.create_consumer(workers=fn._job_fn_metadata.max_workers))
+    if MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS.get():
+        huey = jobs._get_or_init_huey_instance(jobs.HUEY_PERIODIC_TASKS_INSTANCE_KEY).instance
+        jobs.register_periodic_tasks(huey)
+        consumers.append(huey.create_consumer(workers=jobs.PERIODIC_TASKS_WORKER_COUNT,
+                                              flush_locks=jobs._should_flush_periodic_locks()))
+    for consumer in consumers:
+        consumer.start()
+    stopping = threading.Event()
+    # each consumer's start() installed its handlers; this process has one way to stop
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    log.info("MLflow job runner ready: %d queues, pid %d", len(consumers), os.getpid())
+    # as MLflow's runner: once the consumers are up, queue again the jobs a previous runner left
+    if not stopping.wait(RECOVERY_DELAY):
+        try:
+            jobs._enqueue_unfinished_jobs(int(os.environ[MLFLOW_SERVER_UP_TIME]))
+        except Exception:
+            log.exception("re-queueing unfinished jobs failed")
+    stopping.wait()
+    for consumer in consumers:
+        consumer.stop(graceful=False)
+    os._exit(0)  # the consumers' threads are not daemons; what they ran is in the database
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else "info")

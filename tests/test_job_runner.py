@@ -23,7 +23,7 @@ def runner_processes(server: Server) -> list[str]:
                 cmd = fh.read().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "mlflow.server.jobs" in cmd or "huey_consumer" in cmd:
+        if "server.job_runner" in cmd or "mlflow.server.jobs" in cmd or "huey_consumer" in cmd:
             names.append(cmd)
     return names
 
@@ -44,8 +44,9 @@ def test_the_runner_starts_with_the_server_and_stops_with_it_within_10_s(tmp_pat
     env, secrets = gcs_server_config(postgres, gcs, "mlflow_job_runner")
     server = Server(tmp_path, env, secrets).start()
     try:
-        # the runner, and one huey consumer per job function plus the periodic one
-        wait_for(lambda: len(runner_processes(server)) >= 7, 60, "the job runner's consumers")
+        # one process runs a consumer per job function plus the periodic one (server/job_runner.py)
+        wait_for(lambda: "MLflow job runner ready: 7 queues" in server.logs(), 60, "the job runner's consumers")
+        assert len(runner_processes(server)) == 1
         tree = process_tree(server.proc.pid)
         started = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
