@@ -53,3 +53,12 @@ def test_routes_only_fastapi_serves_need_credentials(parity, method, path):
     ours = parity.ours
     assert requests.request(method, ours.url + path, timeout=10).status_code == 401
     assert requests.request(method, ours.url + path, auth=(ALICE[0], "wrong"), timeout=10).status_code == 401
+
+
+def test_a_websocket_handshake_needs_credentials_too(parity):
+    # gunicorn serves no WebSocket, and MLflow 3.17 has no WebSocket route; a handshake is an
+    # HTTP GET that meets the gate like any other
+    headers = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    for path in ("/", "/ajax-api/3.0/mlflow/assistant/sessions/x/stream", "/v1/traces"):
+        assert requests.get(parity.ours.url + path, headers=headers, timeout=10).status_code == 401
