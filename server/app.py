@@ -56,6 +56,7 @@ def create_app(settings: config.Settings):
     from server import artifact_streaming, internals, json_responses, metric_writes
 
     speed_patches_off = internals.verify()  # refuses to start if a safety patch's target changed
+    _settle_mlflow_auth_module()
     artifact_streaming.install()  # before any artifact repository is created
     if "compact JSON responses" not in speed_patches_off:
         json_responses.install()
@@ -94,6 +95,24 @@ def create_app(settings: config.Settings):
         mlflow_env.artifacts_destination(settings).split("://")[0] if "://" in settings.artifacts_destination else "local",
     )
     return app
+
+
+def _settle_mlflow_auth_module() -> None:
+    """Import MLflow's own basic-auth app once, here, or mark it absent for good.
+
+    ``search_runs`` imports ``mlflow.server.auth`` on every call to ask whether MLflow's auth app
+    filters experiments. Without Flask-WTF (which we do not install: our gate replaces that app)
+    the import fails after running ~480 lines of the module each time (1.6 ms a call), and under
+    concurrent searches a thread can get the half-initialised module: a 500 with
+    ``AttributeError: ... has no attribute 'auth_config'`` (seen under 16 clients). ``None`` in
+    ``sys.modules`` makes that import fail at once, always, with the ImportError MLflow handles.
+    """
+    import sys
+
+    try:
+        import mlflow.server.auth  # noqa: F401
+    except ImportError:
+        sys.modules["mlflow.server.auth"] = None
 
 
 def _share_connection_pool() -> None:

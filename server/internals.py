@@ -119,6 +119,10 @@ ENTRIES: tuple[Entry, ...] = (
                   params=("backend_store_uri", "registry_store_uri", "default_artifact_root",
                           "workspace_store_uri", "read_replica_backend_store_uri")),
            Target(H, "_tracking_store"), Target(H, "_model_registry_store"))),
+    Entry("MLflow's auth app marked absent", "safety", "server/app.py",
+          "search_runs imports mlflow.server.auth per call: without Flask-WTF that fails slowly and, "
+          "under concurrency, with a 500; None in sys.modules makes it fail fast and alike",
+          (Target(H, "search_runs_impl", contains="from mlflow.server import auth"),)),
     Entry("one connection pool per worker", "safety", "server/app.py",
           "the registry store shares the tracking store's engine map: the connection bound in the README",
           (Target(SQL_TRACKING, "SqlAlchemyStore._engine_map"), Target(SQL_REGISTRY, "SqlAlchemyStore._engine_map"))),
