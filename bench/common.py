@@ -26,17 +26,22 @@ AUTH_HEADER = "Basic " + base64.b64encode(":".join(USER).encode()).decode()
 def in_process_app(uri: str, destination: str):
     """The real app, built in this process as a gunicorn worker has it: ``create_app`` with the
     bench user, then gunicorn.conf.py's own hooks (frozen heap, the workers' GC thresholds)."""
+    import queue
     import runpy
+    from types import SimpleNamespace
 
+    # no job runner: this process stands in for one worker, not for gunicorn's master
     os.environ.update(MLFLOW_BACKEND_STORE_URI=uri, MLFLOW_ARTIFACTS_DESTINATION=destination,
-                      MLFLOW_AUTH_USERS=":".join(USER), MLFLOW_SECRETS_DIR="", LOG_LEVEL="warning")
+                      MLFLOW_AUTH_USERS=":".join(USER), MLFLOW_SECRETS_DIR="", LOG_LEVEL="warning",
+                      MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     from server.app import create_app
     from server.config import load_settings
 
     app = create_app(load_settings())
     conf = runpy.run_path(str(ROOT / "server" / "gunicorn.conf.py"))
-    conf["when_ready"](None)
-    conf["post_fork"](None, None)
+    master = SimpleNamespace(SIG_QUEUE=queue.SimpleQueue())  # what post_fork reads of gunicorn's arbiter
+    conf["when_ready"](master)
+    conf["post_fork"](master, SimpleNamespace())
     return app
 
 
