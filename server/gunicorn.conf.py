@@ -94,6 +94,8 @@ def on_exit(server):
     from server import job_runner
 
     job_runner.stop(_job_runner)
+    if _job_runner is not None:
+        job_runner.remove_queue_folder()
 
 
 def post_fork(server, worker):

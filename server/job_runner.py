@@ -45,6 +45,8 @@ import tempfile
 import threading
 import time
 
+from server.internals import HUEY_STORAGE_PATH_ENV_VAR, MLFLOW_SERVER_UP_TIME
+
 log = logging.getLogger("server.job_runner")
 
 INTERNAL_USER = "mlflow-job-runner"
@@ -66,18 +68,24 @@ def internal_credential() -> tuple[str, str]:
 def prepare_queue_folder() -> str:
     """The huey queue folder, set in the environment before the web workers fork (they submit
     to it), as ``mlflow server`` does."""
-    from server.internals import HUEY_STORAGE_PATH_ENV_VAR
-
     folder = tempfile.mkdtemp(prefix="mlflow-jobs-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     os.environ[HUEY_STORAGE_PATH_ENV_VAR] = folder
     return folder
 
 
+def remove_queue_folder() -> None:
+    """On the way out: the queues live in memory (/dev/shm); what they held is in the database,
+    and the next runner queues unfinished jobs again."""
+    import shutil
+
+    folder = os.environ.get(HUEY_STORAGE_PATH_ENV_VAR)
+    if folder and os.path.basename(folder).startswith("mlflow-jobs-"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def runner_environment(backend_store_uri: str, default_artifact_root: str, server_url: str,
                        credential: tuple[str, str], server_pid: int) -> dict[str, str]:
     """What ``mlflow server`` gives its runner, plus the credential its HTTP calls need."""
-    from server.internals import MLFLOW_SERVER_UP_TIME
-
     env = {k: v for k, v in os.environ.items() if k not in NOT_FOR_THE_RUNNER}
     env.update({
         "MLFLOW_BACKEND_STORE_URI": backend_store_uri,
@@ -97,7 +105,7 @@ def runner_environment(backend_store_uri: str, default_artifact_root: str, serve
 
 def start(env: dict[str, str], log_level: str = "info") -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "server.job_runner", log_level], env=env, start_new_session=True)
-    log.info("MLflow job runner started (pid %d)", proc.pid)
+    log.info("MLflow job runner started (pid %d), queue folder %s", proc.pid, env.get(HUEY_STORAGE_PATH_ENV_VAR, "-"))
     return proc
 
 
@@ -184,8 +192,6 @@ def run_consumers() -> None:
     from mlflow.environment_variables import MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS
     from mlflow.server.jobs import logging_utils
     from mlflow.server.jobs import utils as jobs
-
-    from server.internals import MLFLOW_SERVER_UP_TIME
 
     logging_utils.configure_logging_for_jobs()
     jobs._start_watcher_to_kill_job_runner_if_mlflow_server_dies()

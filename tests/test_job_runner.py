@@ -4,6 +4,7 @@ server inside Cloud Run's 10 s, it can be turned off, and its credential works o
 from __future__ import annotations
 
 import base64
+import os
 import signal
 import time
 
@@ -55,6 +56,9 @@ def test_the_runner_starts_with_the_server_and_stops_with_it_within_10_s(tmp_pat
         wait_for(lambda: not alive(tree), 3, "every process of the server and its runner to end")
     finally:
         server.stop()
+    folder = next(line.split("queue folder ", 1)[1].split('"', 1)[0] for line in server.logs().splitlines()
+                  if "queue folder " in line)
+    assert not os.path.exists(folder), "the in-memory queue folder outlived the server"
     print(f"\nSIGTERM to exit with the job runner: {took:.2f} s")
     assert code == 0 and took < 8
 
