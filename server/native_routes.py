@@ -113,51 +113,30 @@ def native_routes(fastapi_app) -> list:
     """The routes of MLflow's FastAPI app that the Flask app does not serve."""
     from starlette.routing import Mount
 
-    routes = []
-    for route in fastapi_app.router.routes:
-        if isinstance(route, Mount):  # the Flask app itself
-            continue
-        if any(module in LEFT_TO_FLASK for module in route_modules(route)):
-            continue
-        routes.append(route)
-    return routes
+    return [route for route in fastapi_app.router.routes
+            if not isinstance(route, Mount)  # the Flask app itself
+            and not any(getattr(leaf, "endpoint", None) is not None and leaf.endpoint.__module__ in LEFT_TO_FLASK
+                        for _, leaf in _leaves([route]))]
 
 
-def _leaf_routes(route) -> list:
-    # FastAPI 0.165 wraps an included router in one object; older ones copy its routes in
-    original = getattr(route, "original_router", None)
-    if original is not None:
-        return [leaf for r in original.routes for leaf in _leaf_routes(r)]
-    return [route]
-
-
-def route_modules(route) -> set[str]:
-    return {getattr(leaf, "endpoint", None).__module__ for leaf in _leaf_routes(route)
-            if getattr(leaf, "endpoint", None) is not None}
+def _leaves(routes: list, prefix: str = ""):
+    """(full path, route) of every endpoint under these routes. FastAPI 0.165 wraps an included
+    router in one object (its routes under ``original_router``, the include prefix in
+    ``include_context``); a plain route is its own leaf."""
+    for route in routes:
+        original = getattr(route, "original_router", None)
+        if original is None:
+            yield prefix + route.path, route
+        else:
+            include = getattr(getattr(route, "include_context", None), "prefix", "") or ""
+            yield from _leaves(original.routes, prefix + include)
 
 
 def route_paths(routes: list) -> list[str]:
     """Every full path (with the include prefix) of these routes."""
-    paths = []
-    for route in routes:
-        original = getattr(route, "original_router", None)
-        prefix = getattr(route, "include_context", None)
-        prefix = getattr(prefix, "prefix", "") if prefix is not None else ""
-        if original is None:
-            paths.append(route.path)
-        else:
-            paths.extend(prefix + p for p in route_paths(original.routes))
-    return paths
+    return [path for path, _ in _leaves(routes)]
 
 
 def route_table(routes: list) -> list[tuple[str, str]]:
-    """(method, path) of every route, for the start-up log and the tests."""
-    table = []
-    for route in routes:
-        original = getattr(route, "original_router", None)
-        prefix = getattr(getattr(route, "include_context", None), "prefix", "") or ""
-        if original is None:
-            table.extend((m, route.path) for m in sorted(getattr(route, "methods", None) or ()))
-        else:
-            table.extend((m, prefix + p) for m, p in route_table(original.routes))
-    return table
+    """(method, path) of every route (the tests count and check them)."""
+    return [(method, path) for path, leaf in _leaves(routes) for method in sorted(getattr(leaf, "methods", None) or ())]
