@@ -14,11 +14,11 @@ Differences from ``mlflow server``, on purpose:
   queue: eight interpreters that each import MLflow (171 MB each, 1.4 GB in all, measured)
   become one (``main``); the jobs themselves still run in subprocesses, as in MLflow;
 * the runner's HTTP calls go through our Basic-auth gate like any other client's, with a
-  credential made at start-up for this process tree only (``internal_user``): 256 random bits,
+  credential made at start-up for this process tree only (``internal_credential``): 256 random bits,
   never written anywhere, refused from any peer but loopback;
 * its output, and that of every consumer and job it starts, is relayed as JSON log lines with
-  every known secret redacted, like the server's own (``main`` below runs MLflow's runner with
-  its standard output and error on a pipe);
+  every known secret redacted, like the server's own (``main`` below puts this process's
+  standard output and error, which its jobs inherit, on a pipe);
 * it uses no connection pool: a consumer holds a database connection only while it works, so
   an idle runner adds nothing to the server's connection bound (README "Database connections");
 * it runs in a process group of its own, which gunicorn's master stops as a whole when it
@@ -45,7 +45,13 @@ import tempfile
 import threading
 import time
 
-from server.internals import HUEY_STORAGE_PATH_ENV_VAR, MLFLOW_SERVER_UP_TIME
+from server.internals import (
+    BACKEND_STORE_URI_ENV_VAR,
+    HUEY_STORAGE_PATH_ENV_VAR,
+    MLFLOW_SERVER_UP_TIME,
+    REGISTRY_STORE_URI_ENV_VAR,
+)
+from server.logs import JsonFormatter
 
 log = logging.getLogger("server.job_runner")
 
@@ -57,6 +63,7 @@ NOT_FOR_THE_RUNNER = frozenset({"MLFLOW_AUTH_USERS", "MLFLOW_AUTH_USERS_FILE", "
                                 # the web workers' pool sizes: SQLAlchemy refuses them with NullPool
                                 "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"})
 RECOVERY_DELAY = 5  # seconds after start before unfinished jobs are queued again
+_FORMATTER = JsonFormatter()
 _LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 
 
@@ -143,8 +150,8 @@ def _secrets_in(env: dict[str, str]) -> tuple[str, ...]:
     from server.config import db_password
 
     found = [env.get("MLFLOW_TRACKING_PASSWORD"), env.get("AWS_SECRET_ACCESS_KEY"), env.get("AWS_SESSION_TOKEN")]
-    found += [db_password(env.get(k, "")) for k in ("MLFLOW_BACKEND_STORE_URI", "_MLFLOW_SERVER_FILE_STORE",
-                                                     "_MLFLOW_SERVER_REGISTRY_STORE")]
+    found += [db_password(env.get(k, "")) for k in ("MLFLOW_BACKEND_STORE_URI", BACKEND_STORE_URI_ENV_VAR,
+                                                     REGISTRY_STORE_URI_ENV_VAR)]
     return tuple(v for v in found if v)
 
 
@@ -160,10 +167,9 @@ def as_json_line(line: str) -> str:
         except ValueError:
             pass
     level = _LEVEL.search(line)
-    return json.dumps({"severity": level.group(1) if level else "INFO", "message": redact(line),
-                       "logger": "mlflow.server.jobs",
-                       "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "+00:00"},
-                      ensure_ascii=False)
+    record = logging.LogRecord("mlflow.server.jobs", logging.getLevelName(level.group(1) if level else "INFO"),
+                               __file__, 0, line, None, None)
+    return _FORMATTER.format(record)  # the server's own JSON shape, redacted
 
 
 def _relay(source: int, sink: int) -> None:
