@@ -23,6 +23,17 @@ USER = ("bench", "bench-Passw0rd-123")
 AUTH_HEADER = "Basic " + base64.b64encode(":".join(USER).encode()).decode()
 
 
+def client_env(server) -> None:
+    """Point the stock client's credentials at a bench server (``bench.servers.Running``): ours
+    needs them, ``mlflow server`` gets none. Failed requests are not retried (they would hide)."""
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    if server.auth:
+        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = server.auth
+    else:
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+
+
 def in_process_app(uri: str, destination: str):
     """The real app, built in this process as a gunicorn worker has it: ``create_app`` with the
     bench user, then gunicorn.conf.py's own hooks (frozen heap, the workers' GC thresholds)."""

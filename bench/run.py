@@ -27,21 +27,22 @@ from pathlib import Path
 import bcrypt
 
 from bench import auth_instructions
-from bench.common import AUTH_HEADER, ROOT, USER, database_uri, median, median_interval, percentile, services
+from bench.common import (
+    AUTH_HEADER,
+    ROOT,
+    USER,
+    client_env,
+    database_uri,
+    median,
+    median_interval,
+    percentile,
+    services,
+)
 from bench.servers import WORKERS, Running, start
 from tests.services import wait_for_workers
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
-
-
-def client_env(server: Running) -> None:
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    if server.auth:
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = server.auth
-    else:
-        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
-        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
 
 
 def mlflow_client(server: Running):

@@ -21,7 +21,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import database_uri, median, percentile, services
+from bench.common import client_env, database_uri, median, percentile, services
 from bench.servers import Running, start
 
 THREADS = 8
@@ -71,11 +71,7 @@ def use(server: Running) -> None:
     import mlflow
 
     os.environ["MLFLOW_ENABLE_ASYNC_TRACE_LOGGING"] = "false"
-    if server.auth:
-        os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = server.auth
-    else:
-        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
-        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+    client_env(server)
     mlflow.set_tracking_uri(server.url)
 
 
