@@ -58,9 +58,9 @@ def create_app(settings: config.Settings):
     speed_patches_off = internals.verify()  # refuses to start if a safety patch's target changed
     _settle_mlflow_auth_module()
     artifact_streaming.install()  # before any artifact repository is created
-    if "compact JSON responses" not in speed_patches_off:
+    if internals.COMPACT_JSON not in speed_patches_off:
         json_responses.install()
-    if "one-statement metric writes" not in speed_patches_off:
+    if internals.METRIC_WRITES not in speed_patches_off:
         metric_writes.install()  # the metrics of log_metric and log_batch on PostgreSQL in one statement
     _share_connection_pool()
     # Open the stores now (in the master with preload_app): the first request pays nothing.

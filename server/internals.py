@@ -39,6 +39,11 @@ HUEY_STORAGE_PATH_ENV_VAR = "_MLFLOW_HUEY_STORAGE_PATH"
 MLFLOW_SERVER_UP_TIME = "_MLFLOW_SERVER_UP_TIME"
 
 
+# the speed entries, by the names create_app asks verify() about
+COMPACT_JSON = "compact JSON responses"
+METRIC_WRITES = "one-statement metric writes"
+
+
 class InternalsChangedError(RuntimeError):
     """A safety entry's target is missing or changed shape: the server must not start."""
 
@@ -190,18 +195,15 @@ ENTRIES: tuple[Entry, ...] = (
           "gunicorn's logger subclassed for JSON access lines with every secret redacted",
           (Target("gunicorn.glogging", "Logger.access", params=("self", "resp", "req", "environ", "request_time")),
            Target("gunicorn.glogging", "Logger.setup", params=("self", "cfg")))),
-    Entry("compact JSON responses", "speed", "server/json_responses.py",
+    Entry(COMPACT_JSON, "speed", "server/json_responses.py",
           "MLflow's handlers print JSON in one pass without pretty-printing",
           (Target(H, "message_to_json", params=("message", "pretty", "convert_int64_to_number")),
            Target("google.protobuf.json_format", "_Printer._MessageToJsonObject", params=("self", "message")))),
-    Entry("one-statement metric writes", "speed", "server/metric_writes.py",
+    Entry(METRIC_WRITES, "speed", "server/metric_writes.py",
           "log_metric and log_batch's metrics on PostgreSQL in one statement",
           (Target(SQL_TRACKING, "SqlAlchemyStore._log_metrics_once", params=("self", "run_id", "metrics")),
            Target("mlflow.utils.validation", "_validate_metric"))),
 )
-
-BY_NAME = {e.name: e for e in ENTRIES}
-
 
 def verify(entries: tuple[Entry, ...] = ENTRIES) -> set[str]:
     """Check every entry; return the names of the speed entries to leave off.
