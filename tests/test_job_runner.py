@@ -3,17 +3,18 @@ server inside Cloud Run's 10 s, it can be turned off, and its credential works o
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import time
 
 import pytest
+from werkzeug.test import Client
 
 from server.auth import BasicAuthMiddleware
 from server.users import User
 from tests.conftest import gcs_server_config
 from tests.services import Server, process_tree, wait_for
+from tests.test_auth import basic
 
 
 def runner_processes(server: Server) -> list[str]:
@@ -80,11 +81,8 @@ def _app(environ, start_response):
 
 
 def _call(app, remote_addr: str, header: str) -> tuple[str, bytes]:
-    got = {}
-    body = b"".join(app({"REQUEST_METHOD": "GET", "PATH_INFO": "/api/x", "REMOTE_ADDR": remote_addr,
-                         "HTTP_AUTHORIZATION": header},
-                        lambda status, headers, exc=None: got.setdefault("status", status)))
-    return got["status"], body
+    response = Client(app).get("/api/x", headers={"Authorization": header}, environ_base={"REMOTE_ADDR": remote_addr})
+    return response.status, response.get_data()
 
 
 @pytest.mark.parametrize(("peer", "status"), [("127.0.0.1", "200 OK"), ("::1", "200 OK"),
@@ -94,8 +92,7 @@ def test_the_runners_credential_works_from_loopback_only(peer, status):
     internal = ("mlflow-job-runner", "s3cret-token-of-this-start")
     app = BasicAuthMiddleware(_app, users=lambda: {"alice": User("alice", "pw-of-alice", "plain")},
                               internal=internal)
-    header = "Basic " + base64.b64encode(f"{internal[0]}:{internal[1]}".encode()).decode()
-    got, body = _call(app, peer, header)
+    got, body = _call(app, peer, basic(*internal))
     assert got == status
     if status.startswith("200"):
         assert body == b"mlflow-job-runner"
@@ -104,8 +101,7 @@ def test_the_runners_credential_works_from_loopback_only(peer, status):
 def test_the_runners_name_with_another_password_is_refused():
     app = BasicAuthMiddleware(_app, users=lambda: {"alice": User("alice", "pw-of-alice", "plain")},
                               internal=("mlflow-job-runner", "right"))
-    header = "Basic " + base64.b64encode(b"mlflow-job-runner:wrong").decode()
-    assert _call(app, "127.0.0.1", header)[0] == "401 Unauthorized"
+    assert _call(app, "127.0.0.1", basic("mlflow-job-runner", "wrong"))[0] == "401 Unauthorized"
 
 
 def test_mlflow_never_sees_the_authorization_header():
@@ -117,5 +113,5 @@ def test_mlflow_never_sees_the_authorization_header():
         return [b""]
 
     auth = BasicAuthMiddleware(app, users=lambda: {"alice": User("alice", "pw-of-alice", "plain")})
-    status, _ = _call(auth, "127.0.0.1", "Basic " + base64.b64encode(b"alice:pw-of-alice").decode())
+    status, _ = _call(auth, "127.0.0.1", basic("alice", "pw-of-alice"))
     assert status == "200 OK" and "HTTP_AUTHORIZATION" not in seen and seen["REMOTE_USER"] == "alice"
