@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from tests.services import (
     SecretManagerStandIn,
     Server,
     StockServer,
-    base_env,
+    run_client,
 )
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -155,15 +153,13 @@ PARITY_SCRIPT = ROOT / "tests" / "parity_script.py"
 
 
 def run_parity_session(url: str, out: Path, credentials=None) -> dict:
-    """tests/parity_script.py with the stock client against ``url``; its results."""
-    env = base_env({"MLFLOW_TRACKING_URI": url, "MLFLOW_DISABLE_TELEMETRY": "true",
-                    "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false"})
-    if credentials:
-        env.update(MLFLOW_TRACKING_USERNAME=credentials[0], MLFLOW_TRACKING_PASSWORD=credentials[1])
-    done = subprocess.run([sys.executable, str(PARITY_SCRIPT), str(out)], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=out.parent)
+    """tests/parity_script.py with the stock client against ``url``; its results, kept with its
+    log in ``out``'s folder."""
+    done, results = run_client(PARITY_SCRIPT, [], url, credentials, timeout=600,
+                               env={"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false"})
     (out.parent / f"{out.stem}.log").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, done.stderr[-3000:]
+    shutil.copy(results, out)
     return json.loads(out.read_text())
 
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -330,6 +331,23 @@ def base_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     }
     env.update(extra or {})
     return env
+
+
+def run_client(script: Path, args: list[str], url: str, credentials: tuple[str, str] | None = None,
+               env: dict[str, str] | None = None, timeout: float = 300) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run a stock-client script as a user on another machine would: a fresh folder as HOME and
+    working directory, the tracking variables and nothing of the tests' own (no cloud
+    credentials). The script gets the path of its JSON output as its last argument; returns the
+    finished process and that path."""
+    home = Path(tempfile.mkdtemp(prefix="client-"))
+    out = home / "out.json"
+    client_env = base_env({"HOME": str(home), "MLFLOW_TRACKING_URI": url, **(env or {})})
+    client_env.pop("PYTHON", None)
+    if credentials:
+        client_env.update(MLFLOW_TRACKING_USERNAME=credentials[0], MLFLOW_TRACKING_PASSWORD=credentials[1])
+    done = subprocess.run([sys.executable, str(script), *args, str(out)], env=client_env, cwd=home,
+                          capture_output=True, text=True, timeout=timeout)
+    return done, out
 
 
 class Server:

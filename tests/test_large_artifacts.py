@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,7 +14,7 @@ import pytest
 
 from tests.cloudrun_proxy import CloudRunFront
 from tests.conftest import ALICE, gcs_server_config
-from tests.services import Server, base_env, proc_kib, trickle, wait_for_workers, web_processes
+from tests.services import Server, proc_kib, run_client, trickle, wait_for_workers, web_processes
 
 SCRIPT = Path(__file__).with_name("large_artifact_script.py")
 
@@ -42,12 +39,8 @@ def fronts(h2c_server):
 
 
 def client(front, command: str, size_mib: int) -> tuple[int, dict | str]:
-    home = Path(tempfile.mkdtemp(prefix="client-"))
-    out = home / "out.json"
-    env = base_env({"HOME": str(home), "MLFLOW_TRACKING_URI": front.url, "MLFLOW_TRACKING_USERNAME": ALICE[0],
-                    "MLFLOW_TRACKING_PASSWORD": ALICE[1], "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
-    result = subprocess.run([sys.executable, str(SCRIPT), command, str(size_mib), str(out)], env=env, cwd=home,
-                            capture_output=True, text=True, timeout=900)
+    result, out = run_client(SCRIPT, [command, str(size_mib)], front.url, ALICE,
+                             env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}, timeout=900)
     if result.returncode != 0:
         return result.returncode, result.stderr[-3000:]
     return 0, json.loads(out.read_text())

@@ -13,24 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ALICE, BOB, CAROL
-from tests.services import base_env
+from tests.services import base_env, run_client
 
 SCRIPT = Path(__file__).with_name("training_script.py")
 
 
 def run_script(server, user, command: str, name: str) -> dict:
     """Run the script in a fresh folder and HOME ("another machine"): no cloud credentials."""
-    home = Path(tempfile.mkdtemp(prefix="client-"))
-    out = home / "out.json"
-    env = base_env({
-        "HOME": str(home),
-        "MLFLOW_TRACKING_URI": server.url,
-        "MLFLOW_TRACKING_USERNAME": user[0],
-        "MLFLOW_TRACKING_PASSWORD": user[1],
-    })
-    env.pop("PYTHON", None)
-    result = subprocess.run([sys.executable, str(SCRIPT), command, name, str(out)], env=env, cwd=home,
-                            capture_output=True, text=True, timeout=300)
+    result, out = run_client(SCRIPT, [command, name], server.url, user)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return json.loads(out.read_text())
 
