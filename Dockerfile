@@ -1,8 +1,12 @@
 # The hardened MLflow tracking server image.
 #   docker build -t mlflow-server .
-#   docker build --build-arg BASE_IMAGE=debian:trixie-slim@sha256:... .   (release: pin by digest)
-# Debian stable slim with Debian's Python, so security updates come from Debian.
-ARG BASE_IMAGE=debian:trixie-slim
+#   docker build --build-arg BASE_IMAGE=debian:trixie-slim .   (another base, e.g. a local one)
+# Debian stable slim with Debian's Python, so security updates come from Debian. The base is
+# pinned by digest on the FROM line below, where Dependabot's docker updates find and move it.
+# BASE_IMAGE names the stage (or image) both stages start from; BuildKit skips an unused stage,
+# so a build with another base never pulls the pinned one.
+ARG BASE_IMAGE=debian-pinned
+FROM debian:trixie-slim@sha256:d7e12182ce18b85b93007c1dedf31f2d29e01ccf3182cc4017c709b6259bc132 AS debian-pinned
 
 # ---------------------------------------------------------------- build: a venv from the lock
 FROM ${BASE_IMAGE} AS build

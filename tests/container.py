@@ -18,6 +18,10 @@ from pathlib import Path
 from tests.services import ROOT, Missing, free_port, wait_for
 
 IMAGE = os.environ.get("TEST_IMAGE", "mlflow-server:test")
+# The deploy workflow tests the image it then pushes: TEST_IMAGE_PREBUILT=1 uses TEST_IMAGE as
+# built, with TEST_IMAGE_REVISION its commit.
+PREBUILT = os.environ.get("TEST_IMAGE_PREBUILT") == "1"
+REVISION = os.environ.get("TEST_IMAGE_REVISION", "test")
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # ryuk's image cannot be pulled here
 
 
@@ -30,6 +34,9 @@ def docker_available() -> None:
 
 def build_image(tag: str = IMAGE) -> str:
     docker_available()
+    if PREBUILT:
+        inspect(tag)
+        return tag
     base = os.environ.get("TEST_BASE_IMAGE", "debian:trixie-slim")
     result = subprocess.run(
         ["docker", "build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}",

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, ALL_PASSWORDS, BOB, USERS_FILE, need
-from tests.container import build_image, inspect, run_in_image, start_container
+from tests.container import REVISION, build_image, inspect, run_in_image, start_container
 from tests.services import ROOT, trickle
 from tests.test_training_flow import check_flow
 
@@ -73,7 +73,7 @@ def test_image_metadata(image):
     labels = config["Labels"]
     for key in ("source", "version", "revision"):
         assert labels.get(f"org.opencontainers.image.{key}"), key
-    assert labels["org.opencontainers.image.revision"] == "test"
+    assert labels["org.opencontainers.image.revision"] == REVISION
     assert config["Entrypoint"] == ["/app/entry-point.sh"]
     assert "8080/tcp" in config["ExposedPorts"]
     env = dict(item.split("=", 1) for item in config["Env"])
