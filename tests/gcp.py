@@ -37,10 +37,11 @@ def sdk_lib() -> Path:
 
 
 def real_gcloud(request: dict, workdir: Path) -> list[dict]:
-    """Send a request to tests/gcloud_sdk.py (the real gcloud in its own interpreter)."""
+    """Send a request to tests/gcloud_sdk.py (the real gcloud in its own interpreter, in workdir)."""
     answer = workdir / "gcloud-answer.json"
     result = subprocess.run([sys.executable, str(HARNESS), str(answer)], input=json.dumps(request), text=True,
-                            capture_output=True, timeout=600, env={**os.environ, "GCLOUD_SDK_LIB": str(sdk_lib())})
+                            capture_output=True, timeout=600, env={**os.environ, "GCLOUD_SDK_LIB": str(sdk_lib())},
+                            cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(answer.read_text())
 
