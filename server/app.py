@@ -1,8 +1,9 @@
 """Build the WSGI application: MLflow's tracking server behind our middleware.
 
 Order, outermost first: ProxyFix (only when proxy hops are trusted, for the client address),
-Basic auth, the route guard, the routes only MLflow's FastAPI app serves (handed to it), the
-experiment-location guard, the UI listing fix, MLflow's Flask app. Schema migrations and the
+the security headers, Basic auth, the request limits, the server-error bodies, the route guard, the routes only MLflow's FastAPI app serves
+(handed to it), the UI listing fix, MLflow's Flask app; the experiment-location rule sits on the
+tracking store itself. Schema migrations and the
 MLflow import happen here, in gunicorn's master when ``preload_app`` is on, so workers fork
 with MLflow already loaded.
 """
@@ -12,13 +13,15 @@ from __future__ import annotations
 import logging
 import os
 
-from server import config, job_runner, logs, mlflow_env
+from server import config, experiment_guard, job_runner, logs, mlflow_env
 from server.auth import BasicAuthMiddleware
-from server.experiment_guard import ExperimentLocationGuard
+from server.error_bodies import PlainServerErrors
 from server.failures import FailureLimiter
 from server.migrate import ensure_schema
 from server.native_routes import NativeRoutes
+from server.request_limits import RequestLimits
 from server.route_guard import RouteGuard
+from server.security_headers import SecurityHeaders
 from server.ui_compat import UiCompat
 from server.users_watch import WatchedUsers
 
@@ -71,12 +74,15 @@ def create_app(settings: config.Settings):
     if job_credential:
         job_runner.prepare_queue_folder()  # before the workers fork: they submit jobs to it
 
-    flask_side = ExperimentLocationGuard(UiCompat(mlflow_app.wsgi_app), settings.default_artifact_root)
+    # every experiment keeps its artifacts in this server's store, whichever way it is created
+    experiment_guard.install(handlers._tracking_store, settings.default_artifact_root)
+    flask_side = UiCompat(mlflow_app.wsgi_app)
     app = RouteGuard(
         NativeRoutes.from_mlflow(flask_side, mlflow_app),
         enable_webhooks=settings.enable_webhooks,
         enable_gateway_proxy=bool(os.environ.get("MLFLOW_DEPLOYMENTS_TARGET")),
     )
+    app = RequestLimits(PlainServerErrors(app))  # after the gate: an anonymous client's body is never parsed
     users = WatchedUsers(settings.users, settings.users_files, config.reload_users)
     app = BasicAuthMiddleware(
         app,
@@ -85,6 +91,7 @@ def create_app(settings: config.Settings):
         limiter=FailureLimiter(settings.max_failures, settings.lockout_seconds),
         internal=job_credential,
     )
+    app = SecurityHeaders(app)
     if settings.trusted_proxy_hops:
         from werkzeug.middleware.proxy_fix import ProxyFix
 

@@ -163,11 +163,18 @@ def test_artifact_traversal_reads_nothing_outside_the_store(gcs_server, victim_r
 
 @pytest.mark.parametrize("location", ["file:///etc", "file:///", "/etc", "file:///etc/passwd#", "file:///etc?x=",
                                       "mlflow-artifacts:/../../etc", "gs://another-bucket/p", "s3://x/y",
-                                      "mlflow-artifacts:/x#frag", "http://169.254.169.254/"])
+                                      "mlflow-artifacts:/x#frag", "http://169.254.169.254/",
+                                      "mlflow-artifacts:/%2e%2e/%2e%2e/etc", "mlflow-artifacts:/%252e%252e/x"])
 def test_experiment_artifact_location_tricks_are_refused(gcs_server, location):
-    r = api(gcs_server, "POST", "/api/2.0/mlflow/experiments/create",
-            json={"name": f"loc-{uuid.uuid4().hex[:8]}", "artifact_location": location})
-    assert r.status_code == 400, (location, r.text[:200])
+    # every spelling MLflow's JSON parser accepts, through both API prefixes
+    for path, field in (("/api/2.0/mlflow/experiments/create", "artifact_location"),
+                        ("/api/2.0/mlflow/experiments/create", "artifactLocation"),
+                        ("/ajax-api/2.0/mlflow/experiments/create", "artifactLocation")):
+        name = f"loc-{uuid.uuid4().hex[:8]}"
+        r = api(gcs_server, "POST", path, json={"name": name, field: location})
+        assert r.status_code == 400, (location, field, r.text[:200])
+        got = api(gcs_server, "GET", "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": name})
+        assert got.status_code == 404, (location, field)
     ok = api(gcs_server, "POST", "/api/2.0/mlflow/experiments/create",
              json={"name": f"loc-ok-{uuid.uuid4().hex[:8]}", "artifact_location": "mlflow-artifacts:/team-a"})
     assert ok.status_code == 200

@@ -82,6 +82,10 @@ class Tab:
         self.page.on("response", self._response)
         self.page.on("console", self._console)
         self.page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
+        # every Content-Security-Policy violation, whether or not Chromium also logs it
+        self.context.add_init_script(
+            "window.__csp = []; document.addEventListener('securitypolicyviolation',"
+            " e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
 
     def _console(self, message):
         # Chromium reports a layout pass that needed a second ResizeObserver round as an
@@ -103,7 +107,18 @@ class Tab:
         if wait_for_text:
             self.page.get_by_text(wait_for_text).first.wait_for(timeout=timeout)
         time.sleep(1.0)  # let the page's follow-up requests settle
+        self.check_csp()
         return response
+
+    def check_csp(self) -> None:
+        """Record the page's CSP violations as problems (the server sends a policy on every page)."""
+        try:
+            violations = self.page.evaluate("window.__csp || []")
+        except Exception as exc:  # noqa: BLE001 - a page that navigated away has no window to ask
+            violations = [f"(could not read: {exc})"]
+        self.problems += [f"CSP violation: {v}" for v in violations]
+        if violations:
+            self.page.evaluate("window.__csp = []")
 
     def open_refused(self, url: str):
         """Navigate where the server refuses the login: Chromium gives up on the challenge
@@ -177,9 +192,13 @@ def test_wrong_credentials_get_401_and_do_not_reveal_the_user(ui_server, tab):
 def test_experiments_list_loads_with_no_failed_request_or_console_error(ui_server, tab):
     _, _, base = ui_server
     t = tab()
-    t.open(base + "/#/experiments", wait_for_text="ui-model-experiment")
+    page = t.open(base + "/#/experiments", wait_for_text="ui-model-experiment")
     t.shot("03-experiments")
-    assert t.problems == []
+    assert t.problems == []  # CSP violations included
+    headers = page.headers
+    assert "script-src 'self' 'unsafe-eval';" in headers["content-security-policy"]  # no inline script
+    assert headers["referrer-policy"] == "same-origin" and headers["cache-control"] in ("no-cache", "no-store")
+    assert "strict-transport-security" not in headers  # plain HTTP
     assert any("static-files" in url for _, url in t.responses)  # the UI really loaded
     # the UI asks who is logged in (users/current) and, as on stock `mlflow server`, gets 404
     assert any(status == 404 and url.endswith(STOCK_404) for status, url in t.responses)

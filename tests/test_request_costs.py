@@ -1,0 +1,220 @@
+"""What one request can cost the server because of its own size or shape (issue: attack
+resistance, items 1, 2 and 7). Every request here is sent by a logged-in user to a server with
+one worker; the worker's peak RSS (VmHWM) and CPU time are read from /proc before and after.
+Bound: no such request raises the peak by more than 64 MiB or uses more than 2 s of CPU, and
+each gets a clear 4xx, while requests within MLflow's documented limits keep working."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+
+import pytest
+import requests
+
+from tests.conftest import ALICE, gcs_server_config
+from tests.services import Server, wait_for_workers, web_processes
+
+pytestmark = pytest.mark.reliability
+
+MIB = 1024 * 1024
+RSS_BOUND_KIB = 64 * 1024
+CPU_BOUND_S = 2.0
+FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def server(workdir, postgres, gcs):
+    env, secrets = gcs_server_config(postgres, gcs, "mlflow_costs")
+    env.update(MLFLOW_WORKERS="1", MLFLOW_THREADS="4")
+    server = Server(workdir / "server-costs", env, secrets).start()
+    wait_for_workers(server.proc.pid, 1)
+    yield server
+    server.stop()
+    print("\nrequest costs (peak RSS growth of the worker, its CPU seconds, answer):")
+    for line in FIGURES:
+        print("  " + line)
+
+
+def worker_pid(server: Server) -> int:
+    [worker] = [p for p in web_processes(server.proc.pid) if p != server.proc.pid]
+    return worker
+
+
+def peak_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(server: Server, name: str, send) -> requests.Response:
+    pid = worker_pid(server)
+    peak, cpu = peak_kib(pid), cpu_seconds(pid)
+    started = time.monotonic()
+    response = send()
+    elapsed = time.monotonic() - started
+    grown, used = peak_kib(pid) - peak, cpu_seconds(pid) - cpu
+    FIGURES.append(f"{name}: +{grown / 1024:.1f} MiB, {used:.2f} s CPU, {elapsed:.2f} s, {response.status_code}")
+    assert grown < RSS_BOUND_KIB, f"{name}: the worker's peak grew {grown / 1024:.0f} MiB"
+    assert used < CPU_BOUND_S, f"{name}: {used:.1f} s of CPU"
+    assert worker_pid(server) == pid, f"{name}: the worker died"
+    return response
+
+
+def post(server: Server, path: str, body: bytes, **headers) -> requests.Response:
+    return requests.post(server.url + path, data=body, auth=ALICE, timeout=120,
+                         headers={"Content-Type": "application/json", **headers})
+
+
+def experiment(server: Server) -> str:
+    r = post(server, "/api/2.0/mlflow/experiments/create", json.dumps({"name": f"costs-{time.time()}"}).encode())
+    assert r.status_code == 200, r.text
+    return r.json()["experiment_id"]
+
+
+def test_a_long_order_by_is_refused_at_once(server):
+    eid = experiment(server)
+    body = json.dumps({"experiment_ids": [eid], "order_by": ["metrics.m" + " x" * 512 * 1024]}).encode()
+    r = measured(server, "runs/search, 1 MiB order_by", lambda: post(server, "/api/2.0/mlflow/runs/search", body))
+    assert r.status_code == 400 and "order_by" in r.json()["message"]
+    assert len(r.content) < 1000  # the clause is not echoed back
+
+
+def test_a_long_filter_in_the_query_string_is_refused(server):
+    r = measured(server, "experiments/search, 64 KiB filter (GET)", lambda: requests.get(
+        server.url + "/api/2.0/mlflow/experiments/search", params={"filter": "name = '" + "a" * 64 * 1024 + "'"},
+        auth=ALICE, timeout=60))
+    assert r.status_code in (400, 414)
+
+
+def test_a_huge_page_token_is_refused_without_reading_it(server):
+    body = b'{"experiment_ids": ["0"], "page_token": "' + b"A" * (50 * MIB) + b'"}'
+    r = measured(server, "runs/search, 50 MiB page_token", lambda: post(server, "/api/2.0/mlflow/runs/search", body))
+    assert r.status_code == 413
+
+
+def test_millions_of_tiny_params_are_refused(server):
+    eid = experiment(server)
+    run = post(server, "/api/2.0/mlflow/runs/create", json.dumps({"experiment_id": eid}).encode()).json()["run"]
+    run_id = run["info"]["run_id"]
+    params = ",".join(f'{{"key":"k{i}","value":"v"}}' for i in range(70_000))  # just under 2 MiB
+    body = f'{{"run_id":"{run_id}","params":[{params}]}}'.encode()
+    assert len(body) < 2 * MIB
+    r = measured(server, f"runs/log-batch, 70,000 params ({len(body) // 1024} KiB)",
+                 lambda: post(server, "/api/2.0/mlflow/runs/log-batch", body))
+    assert r.status_code in (400, 413)
+    big = b'{"run_id":"' + run_id.encode() + b'","params":[' + b'{"key":"k","value":"v"},' * (2 * MIB) + b"]}"
+    r = measured(server, "runs/log-batch, 50 MiB", lambda: post(server, "/api/2.0/mlflow/runs/log-batch", big))
+    assert r.status_code == 413
+    # nothing of it was stored
+    got = requests.get(server.url + "/api/2.0/mlflow/runs/get", params={"run_id": run_id}, auth=ALICE, timeout=30)
+    assert "params" not in got.json()["run"]["data"]
+
+
+def test_deep_json_is_a_400(server):
+    body = b'{"name": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = measured(server, "experiments/create, 100,000 nested arrays",
+                 lambda: post(server, "/api/2.0/mlflow/experiments/create", body))
+    assert r.status_code == 400
+
+
+def chunked(server: Server, path: str, chunks) -> tuple[int, bytes]:
+    """POST a chunked body over a raw socket; returns (status, body)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as conn:
+        import base64
+
+        token = base64.b64encode(f"{ALICE[0]}:{ALICE[1]}".encode()).decode()
+        conn.sendall((f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {token}\r\n"
+                      "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode())
+        try:
+            for chunk in chunks:
+                conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            conn.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server may answer and close before the whole body is sent
+        data = b""
+        while True:
+            part = conn.recv(65536)
+            if not part:
+                break
+            data += part
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+class Status:
+    def __init__(self, code: int):
+        self.status_code = code
+
+
+def test_a_chunked_body_is_counted_and_a_small_one_works(server):
+    status = measured(server, "experiments/create, 50 MiB chunked", lambda: Status(chunked(
+        server, "/api/2.0/mlflow/experiments/create", (b" " * MIB for _ in range(50)))[0]))
+    assert status.status_code == 413
+    code, body = chunked(server, "/api/2.0/mlflow/experiments/create", [b'{"name": "chun', b'ked"}'])
+    assert code == 200, body
+    assert json.loads(body)["experiment_id"]
+    # the location rule holds for a chunked body too
+    code, body = chunked(server, "/api/2.0/mlflow/experiments/create",
+                         [b'{"name": "chunked-escape", "artifactLocation"', b': "file:///etc"}'])
+    assert code == 400 and b"artifact_location must be under" in body
+
+
+def test_nul_bytes_and_bad_graphql_are_400s(server):
+    eid = experiment(server)
+    for name, send in [
+        ("NUL in a query value", lambda: requests.get(server.url + "/api/2.0/mlflow/experiments/get-by-name",
+                                                      params={"experiment_name": "a\x00b"}, auth=ALICE, timeout=30)),
+        ("NUL in a JSON string", lambda: post(server, "/api/2.0/mlflow/experiments/set-experiment-tag",
+                                              json.dumps({"experiment_id": eid, "key": "k", "value": "a\x00b"}).encode())),
+        ("GraphQL batch", lambda: post(server, "/graphql", b'[{"query": "{ __typename }"}, {"query": "{ __typename }"}]')),
+        ("GraphQL over GET", lambda: requests.get(server.url + "/graphql", params={"query": "mutation { x }"},
+                                                  auth=ALICE, timeout=30)),
+        ("GraphQL without a query", lambda: post(server, "/graphql", b"{}")),
+    ]:
+        r = send()
+        assert r.status_code == 400, (name, r.status_code, r.text[:300])
+    ok = post(server, "/graphql", b'{"query": "{ __typename }"}')
+    assert ok.status_code == 200, ok.text
+
+
+def test_requests_within_mlflows_limits_keep_working(server):
+    eid = experiment(server)
+    run_id = post(server, "/api/2.0/mlflow/runs/create", json.dumps({"experiment_id": eid}).encode()).json()["run"]["info"]["run_id"]
+    batch = {"run_id": run_id,
+             "metrics": [{"key": f"m{i % 50}", "value": i * 0.5, "timestamp": 1700000000000 + i, "step": i}
+                         for i in range(1000 - 200)],
+             "params": [{"key": f"p{i}", "value": "v" * 6000} for i in range(100)],
+             "tags": [{"key": f"t{i}", "value": "t" * 8000} for i in range(100)]}
+    body = json.dumps(batch).encode()
+    r = measured(server, f"runs/log-batch at MLflow's limits ({len(body) // 1024} KiB)",
+                 lambda: post(server, "/api/2.0/mlflow/runs/log-batch", body))
+    assert r.status_code == 200, r.text
+    r = post(server, "/api/2.0/mlflow/runs/search", json.dumps(
+        {"experiment_ids": [eid], "max_results": 50000, "filter": "params.p1 LIKE 'v%'",
+         "order_by": ["metrics.m1 DESC", "attributes.start_time"]}).encode())
+    assert r.status_code == 200 and len(r.json()["runs"]) == 1
+    r = requests.get(server.url + "/api/2.0/mlflow/experiments/search", params={"max_results": 50000},
+                     auth=ALICE, timeout=30)
+    assert r.status_code == 200
+
+
+def test_security_headers_and_hsts_only_behind_a_trusted_https_proxy(server):
+    r = requests.get(server.url + "/api/2.0/mlflow/experiments/search", params={"max_results": 1}, auth=ALICE,
+                     timeout=30)
+    assert r.headers["Cache-Control"] == "no-store" and r.headers["Referrer-Policy"] == "same-origin"
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    assert "Strict-Transport-Security" not in r.headers
+    refused = requests.get(server.url + "/api/2.0/mlflow/experiments/search", timeout=30)
+    assert refused.status_code == 401 and refused.headers["Cache-Control"] == "no-store"
+    assert "Content-Security-Policy" in refused.headers
+    # the test client is a trusted peer (FORWARDED_ALLOW_IPS holds 127.0.0.1): its https counts
+    https = requests.get(server.url + "/health", headers={"X-Forwarded-Proto": "https"}, timeout=30)
+    assert https.headers["Strict-Transport-Security"].startswith("max-age=")
