@@ -1,6 +1,7 @@
 """Build the WSGI application: MLflow's tracking server behind our middleware.
 
-Order, outermost first: ProxyFix (only when proxy hops are trusted, for the client address),
+Order, outermost first: the client address from X-Forwarded-For (only with proxy hops set, and
+only from a peer in FORWARDED_ALLOW_IPS),
 the security headers, Basic auth, the request limits, the server-error bodies, the route guard, the routes only MLflow's FastAPI app serves
 (handed to it), the UI listing fix, MLflow's Flask app; the experiment-location rule sits on the
 tracking store itself. Schema migrations and the
@@ -16,12 +17,13 @@ import os
 from server import config, experiment_guard, job_runner, logs, mlflow_env
 from server.auth import BasicAuthMiddleware
 from server.error_bodies import PlainServerErrors
-from server.failures import FailureLimiter
+from server.failures import FailureLimiter, HashBudget, SharedCounters
 from server.migrate import ensure_schema
 from server.native_routes import NativeRoutes
 from server.request_limits import RequestLimits
 from server.route_guard import RouteGuard
 from server.security_headers import SecurityHeaders
+from server.trusted_proxy import TrustedProxyFix
 from server.ui_compat import UiCompat
 from server.users_watch import WatchedUsers
 
@@ -88,14 +90,14 @@ def create_app(settings: config.Settings):
         app,
         users=users,
         realm=settings.realm,
-        limiter=FailureLimiter(settings.max_failures, settings.lockout_seconds),
+        # made here, in gunicorn's master: every worker forks with the same shared counts
+        limiter=FailureLimiter(settings.max_failures, settings.lockout_seconds, counters=SharedCounters()),
+        hash_budget=HashBudget(counters=SharedCounters(slots=1)),
         internal=job_credential,
     )
     app = SecurityHeaders(app)
     if settings.trusted_proxy_hops:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-
-        app = ProxyFix(app, x_for=settings.trusted_proxy_hops, x_proto=0, x_host=0, x_port=0, x_prefix=0)
+        app = TrustedProxyFix(app, settings.trusted_proxy_hops, settings.forwarded_allow_ips)
     log.info(
         "MLflow server ready: %d user(s), artifacts proxied to a %s destination",
         len(settings.users),

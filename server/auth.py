@@ -15,8 +15,11 @@ What it guarantees:
   remembered by a keyed digest (never the value itself), so a known client's next request
   costs one keyed BLAKE2 hash and a lookup, and hashed passwords (bcrypt, argon2) cost no more
   per request than plain ones;
-* unknown user names cost as much as known ones, and get the same answer;
-* a client with too many failures gets 429 for a while; other clients do not;
+* a failed login costs one hash check whatever the name (unknown, plain or hashed password),
+  so time does not tell which names exist; hash checks run one at a time per worker, within
+  the instance's hash budget (``server/failures.py``), else 429 at once;
+* a (client, user) pair with too many failures gets 429 for a while, and so does a client
+  spraying names; other clients and users do not, and logged-in users are never slowed;
 * the authenticated user name is put in ``REMOTE_USER`` for the access log, and the
   ``Authorization`` header is removed before MLflow sees the request.
 """
@@ -29,14 +32,17 @@ import hashlib
 import re
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from server.failures import FailureLimiter
+from server.failures import FailureLimiter, HashBudget
 from server.users import User, decoy_for, password_matches
 
 MAX_HEADER_BYTES = 4096
+HASH_WAIT = 5.0  # seconds a login waits for this worker's hash check slot before a 429
+BUSY_RETRY_AFTER = 2
 OPEN_PATHS = frozenset({"/health"})
 OPEN_METHODS = frozenset({"GET", "HEAD"})
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
@@ -118,7 +124,8 @@ class BasicAuthMiddleware:
         users: callable returning the current ``{name: User}`` table (it may change when a
             mounted secret is rotated); must not be empty.
         realm: the realm shown in the browser's login prompt.
-        limiter: counts failures per client address; None disables the limit.
+        limiter: counts failures per (client, user) and per client; None disables the limit.
+        hash_budget: the share of CPU password-hash checks may use; None: no bound.
         open_paths: exact paths served without credentials for GET and HEAD.
         internal: (user, password) of this server's own job runner, accepted only from a
             loopback peer (``server/job_runner.py``); None: no such user.
@@ -130,12 +137,15 @@ class BasicAuthMiddleware:
         users: Callable[[], dict[str, User]],
         realm: str = "MLflow",
         limiter: FailureLimiter | None = None,
+        hash_budget: HashBudget | None = None,
         open_paths: Iterable[str] = OPEN_PATHS,
         internal: tuple[str, str] | None = None,
     ):
         self.app = app
         self._users = users
         self._limiter = limiter
+        self._budget = hash_budget
+        self._hash_slot = threading.BoundedSemaphore(1)  # one hash check at a time per worker
         self._open_paths = frozenset(open_paths)
         self._verifying: _Verifying | None = None
         self._internal = None
@@ -165,41 +175,83 @@ class BasicAuthMiddleware:
             and not environ.get("SCRIPT_NAME")
         )
 
-    def authenticate(self, header: str | None) -> str | None:
+    def authenticate(self, header: str | None, client: str = "-") -> str | None:
         """Return the user name for a valid header, else None."""
+        return self.verify(header, client)[0]
+
+    def verify(self, header: str | None, client: str = "-") -> tuple[str | None, int]:
+        """(user name, 0) for a valid header; (None, seconds to wait) or (None, 0) otherwise."""
         table, decoy, cache = self._current()
         if not header:
-            return None
+            return None, 0
         # a value verified before (against this table) is known without parsing it again
         digest = cache.digest(header)
         if (known := cache.get(digest)) is not None:
-            return known
+            return known, 0
         parsed = parse_basic(header)
         if parsed is None:
-            return None
+            self._failed(client, "")
+            return None, 0
         name, password = parsed
+        if self._limiter is not None and (wait := self._limiter.retry_after(client, name)):
+            return None, wait
         user = table.get(name)
-        if user is None:
-            password_matches(decoy, password)  # same cost as a real check
+        if user is not None and not user.is_hashed and password_matches(user, password):
+            return self._succeeded(client, name, digest, cache), 0
+        # Every other outcome costs one hash check when any user has a hashed password: the
+        # user's own, or the decoy's for an unknown name or a wrong plain password, so the time
+        # taken does not tell which names exist or how their passwords are stored.
+        check = user if user is not None and user.is_hashed else decoy
+        if check.is_hashed:
+            matched = self._hash_check(check, password)
+            if matched is None:
+                return None, BUSY_RETRY_AFTER
+        else:
+            matched = False
+        if matched and check is user:
+            return self._succeeded(client, name, digest, cache), 0
+        self._failed(client, name)
+        return None, 0
+
+    def _hash_check(self, user: User, password: str) -> bool | None:
+        """The hash check, within the instance's hash budget; None when over it."""
+        if not self._hash_slot.acquire(timeout=HASH_WAIT):
             return None
-        if password_matches(user, password):
-            cache.add(digest, name)
-            return name
-        return None
+        try:
+            if self._budget is not None and not self._budget.try_start():
+                return None
+            started = time.thread_time()
+            matched = password_matches(user, password)
+            if self._budget is not None:
+                self._budget.spend(time.thread_time() - started)
+            return matched
+        finally:
+            self._hash_slot.release()
+
+    def _succeeded(self, client: str, name: str, digest: bytes, cache: VerifiedCache) -> str:
+        cache.add(digest, name)
+        if self._limiter is not None:
+            self._limiter.record_success(client, name)
+        return name
+
+    def _failed(self, client: str, name: str) -> None:
+        if self._limiter is not None:
+            self._limiter.record_failure(client, name)
 
     def __call__(self, environ: dict, start_response: Callable):
         if self._is_open(environ):
             return self.app(environ, start_response)
         client = environ.get("REMOTE_ADDR") or "-"
-        if self._limiter is not None and (wait := self._limiter.retry_after(client)):
-            return self._refuse(start_response, wait)
-        user = self._internal_user(environ) or self.authenticate(environ.get("HTTP_AUTHORIZATION"))
+        user = self._internal_user(environ)
+        wait = 0
         if user is None:
-            if self._limiter is not None:
-                self._limiter.record_failure(client)
+            user, wait = self.verify(environ.get("HTTP_AUTHORIZATION"), client)
+        if user is None:
+            # the body of a refused request is not read: the connection closes after the answer
+            environ["server.close_connection"] = True
+            if wait:
+                return self._refuse(start_response, wait)
             return self._challenge_response(start_response)
-        if self._limiter is not None:
-            self._limiter.record_success(client)
         environ["REMOTE_USER"] = user
         # MLflow sees the request as ``mlflow server`` without an auth app does: no credential.
         # Its handlers read ``request.authorization`` only for its own auth app (e.g. to run a
@@ -230,7 +282,7 @@ class BasicAuthMiddleware:
         return [body]
 
     def _refuse(self, start_response: Callable, wait: int):
-        body = b"429 Too Many Requests: too many failed logins, try again later.\n"
+        body = b"429 Too Many Requests: too many login attempts, try again later.\n"
         start_response(
             "429 Too Many Requests",
             [

@@ -11,6 +11,11 @@
   into the backlog, where they hang unanswered and are then reset. Closing the worker's copy
   when the drain starts makes a client's connect fail straight away, so its retry goes
   elsewhere without waiting; requests already in flight are not touched.
+* A request the application refuses without reading its body (401, 413, 429) closes the
+  connection: the application sets ``environ["server.close_connection"]`` and the worker marks
+  gunicorn's response ``must_close`` (gunicorn 27.0.1's ``Response``, reached as the
+  ``start_response`` bound method's object). Otherwise gunicorn would drain the unread body to
+  keep the connection, and a malformed one then drew a second, unsolicited 400.
 * A stop signal that reaches a worker while it boots is not lost. Until the worker installs
   its own handlers, a forked process still has the master's, which only queue the signal in
   the process's copy of the master's queue. The worker then served on, and the master waited
@@ -31,8 +36,26 @@ from gunicorn.workers.gthread import ThreadWorker as GThreadWorker
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
+def closing_when_asked(app):
+    """``app``, with the connection closed after any answer that set server.close_connection."""
+
+    def wsgi(environ, start_response):
+        result = app(environ, start_response)
+        if environ.get("server.close_connection"):
+            response = getattr(start_response, "__self__", None)
+            if response is not None and hasattr(response, "must_close"):
+                response.must_close = True
+        return result
+
+    return wsgi
+
+
 class ThreadWorker(GThreadWorker):
     inherited_signals = None  # the master's signal queue as this process inherited it
+
+    def load_wsgi(self):
+        super().load_wsgi()
+        self.wsgi = closing_when_asked(self.wsgi)
 
     def handle_error(self, req, client, addr, exc):
         if isinstance(exc, UnsupportedTransferCoding):

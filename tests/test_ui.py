@@ -114,7 +114,7 @@ class Tab:
         """Record the page's CSP violations as problems (the server sends a policy on every page)."""
         try:
             violations = self.page.evaluate("window.__csp || []")
-        except Exception as exc:  # noqa: BLE001 - a page that navigated away has no window to ask
+        except Exception as exc:  # a page that navigated away has no window to ask
             violations = [f"(could not read: {exc})"]
         self.problems += [f"CSP violation: {v}" for v in violations]
         if violations:

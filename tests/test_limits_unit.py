@@ -1,0 +1,157 @@
+"""Fast tests of the pure decisions behind the attack-resistance layers: request limits, the
+experiment-location rule, the shared failure counts and hash budget, trusted proxies, headers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from server import experiment_guard, request_limits, security_headers, trusted_proxy
+from server.failures import FailureLimiter, HashBudget, SharedCounters, client_key
+from server.request_limits import RequestRefusedError
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def status_of(call) -> str:
+    with pytest.raises(RequestRefusedError) as refused:
+        call()
+    return refused.value.status.split()[0]
+
+
+def test_body_caps_by_route():
+    assert request_limits.body_cap("/api/2.0/mlflow/runs/log-batch") == 2 * 1024 * 1024
+    assert request_limits.body_cap("/ajax-api/2.0/mlflow/upload-artifact") == 10 * 1024 * 1024
+    assert request_limits.body_cap("/api/2.0/mlflow-artifacts/artifacts/1/x/model.pkl") is None
+    assert request_limits.body_cap("/ajax-api/2.0/mlflow-artifacts/mpu/create/x") is None
+
+
+def test_search_strings_in_every_spelling_and_place():
+    request_limits.check_json({"filter": "a" * 16384, "order_by": ["x"] * 32, "page_token": "t" * 8192})
+    for document in ({"filter": "a" * 16385}, {"orderBy": ["m" * 1025]}, {"PageToken": "t" * 8193},
+                     {"order_by": ["x"] * 33}, {"variables": {"input": {"filterString": "f" * 20000}}}):
+        assert status_of(lambda d=document: request_limits.check_json(d)) == "400", document
+    assert status_of(lambda: request_limits.check_query("order_by=" + "x" * 2000)) == "400"
+    assert status_of(lambda: request_limits.check_query("a=" + "b" * 17000)) == "414"
+    request_limits.check_query("filter=" + "x" * 1000)
+
+
+def test_depth_values_and_nul():
+    deep = current = {}
+    for _ in range(70):
+        current["a"] = {}
+        current = current["a"]
+    assert status_of(lambda: request_limits.check_json(deep)) == "400"
+    assert status_of(lambda: request_limits.check_json(list(range(100_001)))) == "413"
+    assert status_of(lambda: request_limits.check_json({"k": "a\x00b"})) == "400"
+    assert status_of(lambda: request_limits.check_json({"a\x00": 1})) == "400"
+    assert status_of(lambda: request_limits.check_query("name=a%00b")) == "400"
+    assert status_of(lambda: request_limits.parse_json_body(b"[" * 200_000)) == "400"
+    assert request_limits.parse_json_body(b'{"x": [1, 2]}') == {"x": [1, 2]}
+
+
+@pytest.mark.parametrize("location", ["file:///etc", "mlflow-artifacts:/../x", "mlflow-artifacts:/%2e%2e/x",
+                                      "mlflow-artifacts:/%252e%252e/x", "mlflow-artifacts:/a?b",
+                                      "mlflow-artifacts:/a%23b", "mlflow-artifacts:/a%00", "mlflow-artifacts:/a\\..\\b",
+                                      "mlflow-artifacts:/x/..", "gs://bucket/artifacts-evil"])
+def test_locations_outside_the_root_are_refused(location):
+    assert not experiment_guard.allowed_location(location, "mlflow-artifacts:/")
+
+
+@pytest.mark.parametrize("location", [None, "", "mlflow-artifacts:/", "mlflow-artifacts:/team-a",
+                                      "mlflow-artifacts:/a..b/c"])
+def test_locations_inside_the_root_are_allowed(location):
+    assert experiment_guard.allowed_location(location, "mlflow-artifacts:/")
+
+
+def test_client_key_counts_ipv6_per_64():
+    assert client_key("2001:db8:1:2::1") == client_key("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:192.0.2.1") == "192.0.2.1" and client_key("192.0.2.1") == "192.0.2.1"
+    assert client_key("-") == "-"
+
+
+def test_limiter_pairs_addresses_and_success():
+    clock = Clock()
+    limiter = FailureLimiter(3, 60, address_factor=2, counters=SharedCounters(slots=64, clock=clock))
+    for _ in range(3):
+        assert limiter.retry_after("1.2.3.4", "alice") == 0
+        limiter.record_failure("1.2.3.4", "alice")
+    assert limiter.retry_after("1.2.3.4", "alice") == 60
+    limiter.record_success("1.2.3.4", "bob")  # another user's login does not clear alice's count
+    assert limiter.retry_after("1.2.3.4", "alice") == 60
+    assert limiter.retry_after("5.6.7.8", "alice") == 0  # nor does it reach other clients
+    limiter.record_failure("1.2.3.4", "carol")
+    limiter.record_failure("1.2.3.4", "dan")
+    limiter.record_failure("1.2.3.4", "erin")  # 6 failures from the address: its bound
+    assert limiter.retry_after("1.2.3.4", "carol") == 60  # a name that failed there waits
+    assert limiter.retry_after("1.2.3.4", "frank") == 0  # a name that did not, may try
+    clock.now += 61
+    assert limiter.retry_after("1.2.3.4", "alice") == 0  # the window passed
+    limiter.record_failure("9.9.9.9", "x")
+    limiter.record_success("9.9.9.9", "x")
+    assert limiter.counters.count("pair\x009.9.9.9\x00x", 60) == 0
+
+
+def test_counts_are_shared_with_forked_workers():
+    counters = SharedCounters(slots=64)
+    limiter = FailureLimiter(2, 60, counters=counters)
+    pid = os.fork()
+    if pid == 0:  # a worker: its failures are the parent's too
+        limiter.record_failure("1.1.1.1", "u")
+        limiter.record_failure("1.1.1.1", "u")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert limiter.retry_after("1.1.1.1", "u") == 60
+
+
+def test_a_full_table_evicts_the_oldest_entry():
+    clock = Clock()
+    counters = SharedCounters(slots=8, clock=clock)
+    for i in range(100):
+        clock.now += 1
+        counters.add(f"key-{i}", 1000)
+    assert counters.count("key-99", 1000) == 1  # the newest is kept; the table did not grow
+
+
+def test_hash_budget_is_a_share_with_a_reserve():
+    clock = Clock()
+    budget = HashBudget(share=0.5, burst=2.0, counters=SharedCounters(slots=1, clock=clock))
+    started = 0
+    while budget.try_start():
+        budget.spend(0.25)
+        started += 1
+    assert started == 8  # the 2 s reserve
+    clock.now += 1.0
+    assert budget.try_start()  # half a second of hash work earned back
+    budget.spend(0.25)
+    assert budget.try_start()
+    budget.spend(0.25)
+    assert not budget.try_start()
+
+
+def test_trusted_proxies():
+    any_peer, networks = trusted_proxy.parse_trusted("*")
+    assert any_peer and trusted_proxy.is_trusted("8.8.8.8", any_peer, networks)
+    any_peer, networks = trusted_proxy.parse_trusted("127.0.0.1, 10.0.0.0/8,::1")
+    assert trusted_proxy.is_trusted("10.1.2.3", any_peer, networks)
+    assert trusted_proxy.is_trusted("::ffff:127.0.0.1", any_peer, networks)
+    assert not trusted_proxy.is_trusted("203.0.113.9", any_peer, networks)
+    assert not trusted_proxy.is_trusted(None, any_peer, networks)
+
+
+def test_security_headers():
+    plain = dict(security_headers.security_headers("/api/2.0/mlflow/runs/get", https=False))
+    assert plain["Cache-Control"] == "no-store" and "Strict-Transport-Security" not in plain
+    assert "frame-ancestors 'none'" in plain["Content-Security-Policy"]
+    secure = dict(security_headers.security_headers("/static-files/static/js/main.js", https=True))
+    assert "Cache-Control" not in secure and secure["Strict-Transport-Security"].startswith("max-age=")
+    renderer = dict(security_headers.security_headers("/static-files/lib/notebook-trace-renderer/index.html", False))
+    assert "frame-ancestors" not in renderer["Content-Security-Policy"]
