@@ -13,7 +13,9 @@ problems; the entrypoint runs the same check through gunicorn's settings file.
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import stat
 import sys
 import urllib.parse
 from dataclasses import dataclass, field
@@ -231,6 +233,7 @@ def _users(reader: _Reader) -> tuple[dict[str, users_mod.User], tuple[str, ...]]
             continue
         if found.path:
             files.append(found.path)
+            _warn_if_readable_by_all(found.path, groups[-1])
     try:
         merged = users_mod.merge(*groups)
     except users_mod.UsersError as exc:
@@ -248,6 +251,22 @@ def _users(reader: _Reader) -> tuple[dict[str, users_mod.User], tuple[str, ...]]
         if not user.is_hashed:
             reader.secret_values.append(user.secret)
     return merged, tuple(files)
+
+
+def _warn_if_readable_by_all(path: str, users: list[users_mod.User]) -> None:
+    """Plain passwords in a file every local account can read: said once, at start-up.
+
+    Not refused: Cloud Run mounts secrets readable by all (the container has one account),
+    and Docker bind-mounts keep the host's mode.
+    """
+    try:
+        readable_by_all = os.stat(path).st_mode & stat.S_IROTH
+    except OSError:
+        return
+    if readable_by_all and any(not u.is_hashed for u in users):
+        logging.getLogger("server.config").warning(
+            "the users file %s holds plain passwords and every local account can read it: "
+            "chmod 600 it, or store bcrypt hashes (htpasswd -nbB name password)", path)
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:

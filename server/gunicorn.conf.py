@@ -18,6 +18,10 @@ except ConfigError as exc:
     print(exc.report(), file=sys.stderr)
     sys.exit(2)
 
+# Files the server creates (the local mode's SQLite database and artifact folder, temporary
+# upload files) are readable by this account only.
+os.umask(0o077)
+
 wsgi_app = "server.wsgi:application"
 bind = [f"{settings.host}:{settings.port}"]
 

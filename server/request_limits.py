@@ -10,7 +10,7 @@ filter or ``order_by`` clause. This layer refuses, cheaply and before MLflow see
 * a JSON body that is not JSON, nests deeper than ``MAX_DEPTH`` or has more than
   ``MAX_NODES`` values (400);
 * a search string (filter, order_by, page_token, in any spelling MLflow's parser accepts) over
-  its bound, a query string over ``MAX_QUERY_STRING`` (414), a NUL character in the path, the
+  its bound, or a filter of more than ``MAX_FILTER_CLAUSES`` comparisons, a query string over ``MAX_QUERY_STRING`` (414), a NUL character in the path, the
   query or a JSON string (400): PostgreSQL refuses NUL in text, which MLflow answers with 500;
 * a GraphQL request that is not one query object sent with POST (400).
 
@@ -49,6 +49,10 @@ SEARCH_STRING_LIMITS = {"filter": 16 * KIB, "filterstring": 16 * KIB, "orderby":
 SEARCH_STRING_NAMES = {"filter": "filter", "filterstring": "filter_string", "orderby": "order_by",
                        "pagetoken": "page_token"}
 MAX_ORDER_BY_ITEMS = 32
+# MLflow turns each comparison of a search filter into a join: 200 comparisons (4 KiB) kept
+# PostgreSQL busy for 26 s, 700 ended in a 500. Comparisons are joined by AND.
+MAX_FILTER_CLAUSES = 30
+_AND = re.compile(r"\band\b", re.IGNORECASE)
 
 GRAPHQL = re.compile(r"^/(ajax-api/)?graphql$")
 
@@ -84,8 +88,12 @@ def _check_search_value(name: str, value) -> None:
     if name == "orderby" and len(items) > MAX_ORDER_BY_ITEMS:
         raise RequestRefusedError("400 Bad Request", f"order_by has more than {MAX_ORDER_BY_ITEMS} clauses")
     for item in items:
-        if isinstance(item, str) and len(item) > limit:
+        if not isinstance(item, str):
+            continue
+        if len(item) > limit:
             raise RequestRefusedError("400 Bad Request", f"{shown} is longer than {limit} characters")
+        if name in ("filter", "filterstring") and len(_AND.findall(item)) >= MAX_FILTER_CLAUSES:
+            raise RequestRefusedError("400 Bad Request", f"{shown} has more than {MAX_FILTER_CLAUSES} clauses")
 
 
 def check_json(document) -> None:

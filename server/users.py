@@ -49,7 +49,8 @@ def _make_user(name: str, secret: str, where: str) -> User:
     if not name:
         raise UsersError(f"{where}: a user name is empty")
     if ":" in name or any(ch.isspace() for ch in name):
-        raise UsersError(f"{where}: the user name {name!r} has a ':' or white space")
+        # not shown: a line like "alice Pw3:..." would put part of a password in the log
+        raise UsersError(f"{where}: the user name has a ':' or white space")
     if not secret:
         raise UsersError(f"{where}: the password of user {name!r} is empty")
     if secret.startswith(REFUSED_PREFIXES):

@@ -41,6 +41,8 @@ def test_search_strings_in_every_spelling_and_place():
     assert status_of(lambda: request_limits.check_query("order_by=" + "x" * 2000)) == "400"
     assert status_of(lambda: request_limits.check_query("a=" + "b" * 17000)) == "414"
     request_limits.check_query("filter=" + "x" * 1000)
+    request_limits.check_json({"filter": " AND ".join(["a = 1"] * 30)})
+    assert status_of(lambda: request_limits.check_json({"filter": " and ".join(["a = 1"] * 31)})) == "400"
 
 
 def test_depth_values_and_nul():

@@ -87,6 +87,17 @@ def test_a_long_order_by_is_refused_at_once(server):
     assert len(r.content) < 1000  # the clause is not echoed back
 
 
+def test_a_filter_of_many_comparisons_is_refused_and_30_work(server):
+    eid = experiment(server)
+    many = " AND ".join(f"metrics.m{i} > 1" for i in range(200))  # 4 KiB: 26 s of PostgreSQL before
+    r = measured(server, "runs/search, 200 comparisons", lambda: post(
+        server, "/api/2.0/mlflow/runs/search", json.dumps({"experiment_ids": [eid], "filter": many}).encode()))
+    assert r.status_code == 400 and "clauses" in r.json()["message"]
+    thirty = " AND ".join(f"metrics.m{i} > 1" for i in range(30))
+    r = post(server, "/api/2.0/mlflow/runs/search", json.dumps({"experiment_ids": [eid], "filter": thirty}).encode())
+    assert r.status_code == 200, r.text
+
+
 def test_a_long_filter_in_the_query_string_is_refused(server):
     r = measured(server, "experiments/search, 64 KiB filter (GET)", lambda: requests.get(
         server.url + "/api/2.0/mlflow/experiments/search", params={"filter": "name = '" + "a" * 64 * 1024 + "'"},
@@ -218,3 +229,16 @@ def test_security_headers_and_hsts_only_behind_a_trusted_https_proxy(server):
     # the test client is a trusted peer (FORWARDED_ALLOW_IPS holds 127.0.0.1): its https counts
     https = requests.get(server.url + "/health", headers={"X-Forwarded-Proto": "https"}, timeout=30)
     assert https.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_a_refused_request_with_a_body_closes_its_connection(server):
+    """Without credentials, a malformed chunked body gets one 401 and the connection closes
+    (gunicorn used to read on, and sent a second, unsolicited 400)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(b"POST /api/2.0/mlflow/experiments/create HTTP/1.1\r\nHost: x\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\nzz-not-a-chunk\r\n\r\n")
+        data = b""
+        while part := conn.recv(65536):
+            data += part
+    assert data.count(b"HTTP/1.1 ") == 1 and data.startswith(b"HTTP/1.1 401"), data[:300]
+    assert b"connection: close" in data.lower()

@@ -50,8 +50,26 @@ def test_local_mode_serves_sqlite_and_local_artifacts(tmp_path):
         assert (tmp_path / "mlflow-local" / "mlflow.db").exists()
         assert requests.get(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=5",
                             timeout=10).status_code == 401
+        # the database and the artifacts are this account's alone
+        assert (tmp_path / "mlflow-local" / "mlflow.db").stat().st_mode & 0o777 == 0o600
+        assert (tmp_path / "mlflow-local" / "artifacts").stat().st_mode & 0o777 == 0o700
     finally:
         assert server.stop() == 0
+
+
+def test_a_malformed_users_line_is_not_echoed_and_an_open_users_file_is_flagged(tmp_path):
+    server = Server(tmp_path, {}, {"mlflow_auth_users": "alice Pw3-secret-part:whatever\n"}, args=["--local"])
+    code, out = server.run_to_exit()
+    assert code != 0 and "user name has a ':' or white space" in out
+    assert "Pw3" not in out
+    readable = Server(tmp_path / "open", {}, {"mlflow_auth_users": f"{ALICE[0]}:{ALICE[1]}"}, args=["--local"])
+    (readable.secrets_dir / "mlflow_auth_users").chmod(0o644)
+    readable.start()
+    try:
+        assert "holds plain passwords and every local account can read it" in readable.logs()
+        assert ALICE[1] not in readable.logs()
+    finally:
+        readable.stop()
 
 
 def test_every_problem_is_reported_at_once_without_values(tmp_path):

@@ -1,0 +1,199 @@
+"""Slow and silent connections without credentials (issue: attack resistance, item 3): 200 of
+them from one address leave logged-in users served about as fast as on an idle server, over
+HTTP/1 and over HTTP/2 cleartext (h2c, as Cloud Run's front end speaks it)."""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+
+import httpx
+import pytest
+import requests
+
+from tests.conftest import ALICE, gcs_server_config
+from tests.services import Server, wait_for_workers
+
+pytestmark = pytest.mark.reliability
+
+SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def server(workdir, postgres, gcs):
+    env, secrets = gcs_server_config(postgres, gcs, "mlflow_slow")
+    env.update(MLFLOW_WORKERS="2", MLFLOW_THREADS="8", MLFLOW_HTTP2_CLEARTEXT="both",
+               FORWARDED_ALLOW_IPS="127.0.0.1")  # the test client may speak h2c, as Cloud Run does
+    server = Server(workdir / "server-slow", env, secrets).start()
+    wait_for_workers(server.proc.pid, 2)
+    yield server
+    server.stop()
+    print("\nslow clients (a logged-in user's median latency):")
+    for line in FIGURES:
+        print("  " + line)
+
+
+def latencies(send, n: int = 20) -> list[float]:
+    found = []
+    for _ in range(n):
+        started = time.perf_counter()
+        send()
+        found.append(time.perf_counter() - started)
+    return found
+
+
+def http1(server: Server):
+    r = requests.get(server.url + SEARCH, auth=ALICE, timeout=30, headers={"Connection": "close"})
+    assert r.status_code == 200
+
+
+class Attackers:
+    """``count`` connections that each send ``opening`` and then one more byte every few
+    seconds (or nothing at all), never finishing a request."""
+
+    def __init__(self, port: int, count: int, opening: bytes, trickle: bool):
+        self.stop = threading.Event()
+        self.sockets = []
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if opening:
+                s.sendall(opening)
+            self.sockets.append(s)
+        self.closed_by_server = 0
+        self.thread = threading.Thread(target=self._trickle, daemon=True) if trickle else None
+        if self.thread:
+            self.thread.start()
+
+    def _trickle(self):
+        while not self.stop.wait(2.0):
+            for s in self.sockets:
+                try:
+                    s.sendall(b"a")
+                except OSError:
+                    pass
+
+    def count_closed(self) -> int:
+        closed = 0
+        for s in self.sockets:
+            s.setblocking(False)
+            try:
+                if s.recv(1024) == b"":
+                    closed += 1
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed += 1
+        return closed
+
+    def close(self):
+        self.stop.set()
+        for s in self.sockets:
+            s.close()
+
+
+def under_attack(server: Server, name: str, openings: list[tuple[bytes, bool]], send) -> None:
+    idle = statistics.median(latencies(send))
+    attackers = [Attackers(server.port, 100, opening, trickle) for opening, trickle in openings]
+    try:
+        time.sleep(1.0)
+        loaded = latencies(send)
+    finally:
+        for a in attackers:
+            a.close()
+    p50 = statistics.median(loaded)
+    FIGURES.append(f"{name}: idle {idle * 1000:.0f} ms, with 200 slow or silent connections "
+                   f"{p50 * 1000:.0f} ms (max {max(loaded) * 1000:.0f} ms)")
+    assert p50 < max(2 * idle, 0.05), (name, idle, loaded)
+
+
+def test_http1_slowloris_and_silent_connections(server):
+    partial = b"GET " + SEARCH.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+    under_attack(server, "HTTP/1", [(b"", False), (partial, True)], lambda: http1(server))
+
+
+def test_h2c_slow_and_silent_connections(server):
+    headers_start = PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + b"\x00\x10\x00\x01"  # SETTINGS, then a HEADERS frame's first bytes
+    def send():  # a new connection each time, as a front end opens more under load
+        with httpx.Client(http1=False, http2=True, auth=ALICE, timeout=30) as h2c:
+            r = h2c.get(server.url + SEARCH)
+            assert r.status_code == 200 and r.http_version == "HTTP/2"
+
+    under_attack(server, "h2c", [(PREFACE, False), (headers_start, True)], send)
+
+
+def test_a_head_that_never_completes_is_closed(server):
+    attackers = Attackers(server.port, 5, b"GET / HTTP/1.1\r\nHost: x\r\n", trickle=True)
+    try:
+        time.sleep(13)  # HEAD_TIMEOUT is 10 s from the connection
+        assert attackers.count_closed() == 5
+    finally:
+        attackers.close()
+    http1(server)
+
+
+def h2_request(conn, sock, stream_id: int, method: str, path: str, end_stream: bool, extra=()):
+    import base64
+
+    token = base64.b64encode(f"{ALICE[0]}:{ALICE[1]}".encode()).decode()
+    conn.send_headers(stream_id, [(":method", method), (":path", path), (":scheme", "http"),
+                                  (":authority", "127.0.0.1"), ("authorization", f"Basic {token}"), *extra],
+                      end_stream=end_stream)
+    sock.sendall(conn.data_to_send())
+
+
+def test_a_stalled_upload_does_not_hold_up_other_streams_of_its_connection(server):
+    """Item 10: on one h2c connection, an upload whose body stops after 16 KiB must not delay a
+    request on another stream (gunicorn served them in turn: 20 s and more)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    try:
+        h2_request(conn, sock, 1, "PUT", "/api/2.0/mlflow-artifacts/artifacts/h2-hol/stalled.bin", False,
+                   [("content-length", str(8 * 1024 * 1024))])
+        conn.send_data(1, b"x" * 16384)
+        sock.sendall(conn.data_to_send())
+        time.sleep(1.0)  # the upload is being served, and stalls
+        started = time.monotonic()
+        h2_request(conn, sock, 3, "GET", SEARCH, True)
+        status, done = None, False
+        while not done:
+            data = sock.recv(65536)
+            assert data, "the server closed the connection"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == 3:
+                    status = dict(event.headers)[":status"]
+                if isinstance(event, h2.events.StreamEnded) and event.stream_id == 3:
+                    done = True
+            sock.sendall(conn.data_to_send())
+        waited = time.monotonic() - started
+        FIGURES.append(f"h2c, a request behind a stalled upload on the same connection: {waited * 1000:.0f} ms")
+        assert status == "200" and waited < 1.0, (status, waited)
+        # the stalled upload resumes and completes on the same connection
+        remaining = 8 * 1024 * 1024 - 16384
+        while remaining:
+            window = min(conn.local_flow_control_window(1), conn.max_outbound_frame_size, remaining)
+            if window <= 0:
+                conn.receive_data(sock.recv(65536))  # the server's WINDOW_UPDATEs
+                sock.sendall(conn.data_to_send())
+                continue
+            conn.send_data(1, b"y" * window, end_stream=window == remaining)
+            remaining -= window
+            sock.sendall(conn.data_to_send())
+        status = None
+        while status is None:
+            for event in conn.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == 1:
+                    status = dict(event.headers)[":status"]
+            sock.sendall(conn.data_to_send())
+        assert status == "200"
+    finally:
+        sock.close()
