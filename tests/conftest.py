@@ -195,3 +195,23 @@ def parity(workdir, postgres, gcs):
         for server, name in ((ours, "parity-ours-server.log"), (stock, "parity-stock-server.log")):
             if server.log.exists():
                 (OUTPUT / name).write_text(server.log.read_text(errors="replace"))
+
+
+# Figures the reliability tests measure (memory, CPU, latency under attack): shown at the end of
+# every run, whether or not output is captured, and kept in test-output/figures.txt.
+FIGURES: list[str] = []
+
+
+def figure(line: str) -> None:
+    FIGURES.append(line)
+    print("\n" + line)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FIGURES:
+        return
+    terminalreporter.section("figures")
+    for line in FIGURES:
+        terminalreporter.write_line(line)
+    OUTPUT.mkdir(exist_ok=True)
+    (OUTPUT / "figures.txt").write_text("\n".join(FIGURES) + "\n")

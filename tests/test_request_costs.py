@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import ALICE, gcs_server_config
+from tests.conftest import ALICE, figure, gcs_server_config
 from tests.services import Server, wait_for_workers, web_processes
 
 pytestmark = pytest.mark.reliability
@@ -22,7 +22,6 @@ pytestmark = pytest.mark.reliability
 MIB = 1024 * 1024
 RSS_BOUND_KIB = 64 * 1024
 CPU_BOUND_S = 2.0
-FIGURES: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +32,6 @@ def server(workdir, postgres, gcs):
     wait_for_workers(server.proc.pid, 1)
     yield server
     server.stop()
-    print("\nrequest costs (peak RSS growth of the worker, its CPU seconds, answer):")
-    for line in FIGURES:
-        print("  " + line)
 
 
 def worker_pid(server: Server) -> int:
@@ -61,7 +57,7 @@ def measured(server: Server, name: str, send) -> requests.Response:
     response = send()
     elapsed = time.monotonic() - started
     grown, used = peak_kib(pid) - peak, cpu_seconds(pid) - cpu
-    FIGURES.append(f"{name}: +{grown / 1024:.1f} MiB, {used:.2f} s CPU, {elapsed:.2f} s, {response.status_code}")
+    figure(f"{name}: +{grown / 1024:.1f} MiB, {used:.2f} s CPU, {elapsed:.2f} s, {response.status_code}")
     assert grown < RSS_BOUND_KIB, f"{name}: the worker's peak grew {grown / 1024:.0f} MiB"
     assert used < CPU_BOUND_S, f"{name}: {used:.1f} s of CPU"
     assert worker_pid(server) == pid, f"{name}: the worker died"

@@ -13,14 +13,13 @@ import httpx
 import pytest
 import requests
 
-from tests.conftest import ALICE, gcs_server_config
+from tests.conftest import ALICE, figure, gcs_server_config
 from tests.services import Server, wait_for_workers
 
 pytestmark = pytest.mark.reliability
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-FIGURES: list[str] = []
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +31,6 @@ def server(workdir, postgres, gcs):
     wait_for_workers(server.proc.pid, 2)
     yield server
     server.stop()
-    print("\nslow clients (a logged-in user's median latency):")
-    for line in FIGURES:
-        print("  " + line)
 
 
 def latencies(send, n: int = 20) -> list[float]:
@@ -105,7 +101,7 @@ def under_attack(server: Server, name: str, openings: list[tuple[bytes, bool]], 
         for a in attackers:
             a.close()
     p50 = statistics.median(loaded)
-    FIGURES.append(f"{name}: idle {idle * 1000:.0f} ms, with 200 slow or silent connections "
+    figure(f"{name}: idle {idle * 1000:.0f} ms, with 200 slow or silent connections "
                    f"{p50 * 1000:.0f} ms (max {max(loaded) * 1000:.0f} ms)")
     assert p50 < max(2 * idle, 0.05), (name, idle, loaded)
 
@@ -175,7 +171,7 @@ def test_a_stalled_upload_does_not_hold_up_other_streams_of_its_connection(serve
                     done = True
             sock.sendall(conn.data_to_send())
         waited = time.monotonic() - started
-        FIGURES.append(f"h2c, a request behind a stalled upload on the same connection: {waited * 1000:.0f} ms")
+        figure(f"h2c, a request behind a stalled upload on the same connection: {waited * 1000:.0f} ms")
         assert status == "200" and waited < 1.0, (status, waited)
         # the stalled upload resumes and completes on the same connection
         remaining = 8 * 1024 * 1024 - 16384
