@@ -27,7 +27,7 @@ CPU_BOUND_S = 2.0
 @pytest.fixture(scope="module")
 def server(workdir, postgres, gcs):
     env, secrets = gcs_server_config(postgres, gcs, "mlflow_costs")
-    env.update(MLFLOW_WORKERS="1", MLFLOW_THREADS="4")
+    env.update(MLFLOW_WORKERS="1", MLFLOW_THREADS="4", MLFLOW_HTTP2_CLEARTEXT="both")  # h2c from 127.0.0.1
     server = Server(workdir / "server-costs", env, secrets).start()
     wait_for_workers(server.proc.pid, 1)
     yield server
@@ -238,3 +238,61 @@ def test_a_refused_request_with_a_body_closes_its_connection(server):
             data += part
     assert data.count(b"HTTP/1.1 ") == 1 and data.startswith(b"HTTP/1.1 401"), data[:300]
     assert b"connection: close" in data.lower()
+
+
+def test_no_internal_detail_in_an_error_body(server, postgres):
+    """MLflow's 500 for a model version's artifact named the store's URI (host, port, database)."""
+    eid = experiment(server)
+    run_id = post(server, "/api/2.0/mlflow/runs/create", json.dumps({"experiment_id": eid}).encode()).json()["run"]["info"]["run_id"]
+    name = f"leaky-{time.time()}"
+    assert post(server, "/api/2.0/mlflow/registered-models/create", json.dumps({"name": name}).encode()).status_code == 200
+    assert post(server, "/api/2.0/mlflow/model-versions/create", json.dumps(
+        {"name": name, "source": f"runs:/{run_id}/model", "run_id": run_id}).encode()).status_code == 200
+    r = requests.get(server.url + "/model-versions/get-artifact", params={"name": name, "version": "1", "path": "MLmodel"},
+                     auth=ALICE, timeout=30)
+    assert r.status_code >= 400
+    body = r.text
+    for detail in ("postgresql", "127.0.0.1", str(postgres.port), "mlflow_costs", "Traceback"):
+        assert detail not in body, (detail, body[:300])
+    if r.status_code >= 500:
+        assert "error id" in r.json()["message"]
+        assert r.json()["message"].split("error id ")[1] in server.logs()  # the details are in the log
+
+
+def test_an_h2c_body_without_a_length_is_counted(server):
+    """Behind Cloud Run's HTTP/2 end-to-end mode no 32 MiB cap stands in front of the server: a
+    body without a length is counted as it arrives, and answered 413 before it ends."""
+    import base64
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    def send():
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        conn.initiate_connection()
+        token = base64.b64encode(f"{ALICE[0]}:{ALICE[1]}".encode()).decode()
+        conn.send_headers(1, [(":method", "POST"), (":path", "/api/2.0/mlflow/runs/search"), (":scheme", "http"),
+                              (":authority", "127.0.0.1"), ("authorization", f"Basic {token}"),
+                              ("content-type", "application/json")])
+        sock.sendall(conn.data_to_send())
+        sent, status = 0, None
+        try:
+            while status is None and sent < 50 * MIB:
+                window = min(conn.local_flow_control_window(1), conn.max_outbound_frame_size)
+                if window > 0:
+                    conn.send_data(1, b" " * window)
+                    sent += window
+                    sock.sendall(conn.data_to_send())
+                    continue
+                for event in conn.receive_data(sock.recv(65536)):
+                    if isinstance(event, h2.events.ResponseReceived) and event.stream_id == 1:
+                        status = int(dict(event.headers)[":status"])
+                sock.sendall(conn.data_to_send())
+        finally:
+            sock.close()
+        figure(f"  (the 413 came after {sent // 1024} KiB of the body)")
+        return Status(status)
+
+    assert measured(server, "runs/search, 50 MiB over h2c without a length", send).status_code == 413
