@@ -142,6 +142,15 @@ class ThreadWorker(GThreadWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.awaiting_heads: set[HeadConn] = set()
+        # HTTP/2 requests run in a pool of their own: connection readers sit in gunicorn's pool,
+        # and requests queued behind busy readers there would wait for them forever.
+        self.stream_pool = None
+
+    def init_process(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.stream_pool = ThreadPoolExecutor(max_workers=self.cfg.threads, thread_name_prefix="h2-stream")
+        super().init_process()
 
     # ------------------------------------------------------------ request heads in the loop
 
@@ -272,7 +281,7 @@ class ThreadWorker(GThreadWorker):
             finally:
                 h2_conn.finished()
 
-        self.tpool.submit(serve)
+        self.stream_pool.submit(serve)
 
     def _handle_http2_in_turn(self, conn):
         """gunicorn 27.0.1's ``handle_http2``, handing an idle connection back to the loop."""
