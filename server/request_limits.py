@@ -12,7 +12,13 @@ filter or ``order_by`` clause. This layer refuses, cheaply and before MLflow see
 * a search string (filter, order_by, page_token, in any spelling MLflow's parser accepts) over
   its bound, or a filter of more than ``MAX_FILTER_CLAUSES`` comparisons, a query string over ``MAX_QUERY_STRING`` (414), a NUL character in the path, the
   query or a JSON string (400): PostgreSQL refuses NUL in text, which MLflow answers with 500;
-* a GraphQL request that is not one query object sent with POST (400).
+* a GraphQL request that is not one query object sent with POST (400);
+* a compressed trace batch (``Content-Encoding: gzip`` or ``deflate``) that inflates past the
+  route's cap (413): MLflow inflates it whole, so 8 MiB of gzip could become gigabytes. The
+  body is inflated here, within the cap, and handed on uncompressed;
+* a trace batch of more than ``MAX_SPANS`` spans (413): MLflow builds objects for every span
+  first (100,000 tiny spans in 5 MiB: +383 MiB, 30 s of CPU). OpenTelemetry's batch exporter
+  sends at most 512 spans a request, MLflow's client one trace's spans.
 
 A chunked body within its cap is handed on with its ``Content-Length``: MLflow's Flask handlers
 read exactly that many bytes, so a chunked request used to arrive empty.
@@ -24,6 +30,7 @@ import io
 import json
 import re
 import urllib.parse
+import zlib
 from collections.abc import Callable, Iterable
 
 KIB, MIB = 1024, 1024 * 1024
@@ -55,6 +62,7 @@ MAX_FILTER_CLAUSES = 30
 _AND = re.compile(r"\band\b", re.IGNORECASE)
 
 GRAPHQL = re.compile(r"^/(ajax-api/)?graphql$")
+MAX_SPANS = 2000
 
 
 class RequestRefusedError(Exception):
@@ -182,7 +190,13 @@ class RequestLimits:
         body = read_body(environ, cap)
         if body is None:
             return
-        if graphql or (body and _is_json(environ) and path != "/v1/traces"):
+        if path == "/v1/traces":
+            body = inflate_body(environ, body, cap)
+            if count_spans(body, environ.get("CONTENT_TYPE", "")) > MAX_SPANS:
+                raise RequestRefusedError("413 Content Too Large", f"a trace batch may hold at most {MAX_SPANS} spans",
+                                          "RESOURCE_LIMIT_EXCEEDED")
+            return
+        if graphql or (body and _is_json(environ)):
             document = parse_json_body(body) if body.strip() else None
             check_json(document)
             if graphql and not (isinstance(document, dict) and isinstance(document.get("query"), str)):
@@ -212,6 +226,60 @@ def read_body(environ: dict, cap: int) -> bytes | None:
     environ["CONTENT_LENGTH"] = str(len(body))
     environ.pop("HTTP_TRANSFER_ENCODING", None)
     return body
+
+
+def inflate(body: bytes, encoding: str, cap: int) -> bytes:
+    """``body`` decompressed, at most ``cap`` bytes; a RequestRefusedError past that or if it is not
+    what it says."""
+    if encoding == "gzip":
+        wbits_tries = (16 + zlib.MAX_WBITS,)
+    elif encoding == "deflate":
+        wbits_tries = (zlib.MAX_WBITS, -zlib.MAX_WBITS)  # zlib-wrapped, or raw as some clients send
+    else:
+        raise RequestRefusedError("415 Unsupported Media Type", f"unsupported Content-Encoding {encoding!r}")
+    for wbits in wbits_tries:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            data = inflater.decompress(body, cap + 1)
+        except zlib.error:
+            continue
+        if len(data) > cap or inflater.unconsumed_tail:
+            raise RequestRefusedError("413 Content Too Large", f"the request body inflates past {cap} bytes",
+                                      "RESOURCE_LIMIT_EXCEEDED")
+        return data
+    raise RequestRefusedError("400 Bad Request", f"the request body is not valid {encoding}")
+
+
+def inflate_body(environ: dict, body: bytes, cap: int) -> bytes:
+    """The body as the application will read it: inflated here when it is compressed."""
+    encoding = environ.get("HTTP_CONTENT_ENCODING", "").strip().lower()
+    if not encoding or encoding == "identity":
+        return body
+    data = inflate(body, encoding, cap)
+    environ["wsgi.input"] = io.BytesIO(data)
+    environ["CONTENT_LENGTH"] = str(len(data))
+    environ.pop("HTTP_CONTENT_ENCODING", None)
+    return data
+
+
+def count_spans(body: bytes, content_type: str) -> int:
+    """Spans in an OTLP trace export (protobuf or JSON); 0 when it does not parse (MLflow then
+    answers it)."""
+    if "json" in content_type.lower():
+        try:
+            document = json.loads(body)
+            return sum(len(scope.get("spans") or ()) for resource in document.get("resourceSpans") or ()
+                       for scope in resource.get("scopeSpans") or ())
+        except (ValueError, RecursionError, AttributeError, TypeError):
+            return 0
+    from google.protobuf.message import DecodeError
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    try:
+        request = ExportTraceServiceRequest.FromString(body)
+    except DecodeError:
+        return 0
+    return sum(len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans)
 
 
 def refuse(environ: dict, start_response: Callable, refusal: RequestRefusedError) -> list[bytes]:

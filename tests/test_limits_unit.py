@@ -157,3 +157,18 @@ def test_security_headers():
     assert "Cache-Control" not in secure and secure["Strict-Transport-Security"].startswith("max-age=")
     renderer = dict(security_headers.security_headers("/static-files/lib/notebook-trace-renderer/index.html", False))
     assert "frame-ancestors" not in renderer["Content-Security-Policy"]
+
+
+def test_compressed_bodies_inflate_within_the_cap():
+    import gzip
+    import zlib
+
+    payload = b"span" * 1000
+    assert request_limits.inflate(gzip.compress(payload), "gzip", 10_000) == payload
+    assert request_limits.inflate(zlib.compress(payload), "deflate", 10_000) == payload
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    assert request_limits.inflate(raw.compress(payload) + raw.flush(), "deflate", 10_000) == payload
+    bomb = gzip.compress(b"\0" * (50 * 1024 * 1024))  # 50 KiB that inflates to 50 MiB
+    assert status_of(lambda: request_limits.inflate(bomb, "gzip", 8 * 1024 * 1024)) == "413"
+    assert status_of(lambda: request_limits.inflate(b"not gzip", "gzip", 100)) == "400"
+    assert status_of(lambda: request_limits.inflate(payload, "br", 100_000)) == "415"

@@ -296,3 +296,40 @@ def test_an_h2c_body_without_a_length_is_counted(server):
         return Status(status)
 
     assert measured(server, "runs/search, 50 MiB over h2c without a length", send).status_code == 413
+
+
+def otlp_spans(count: int, trace_id: bytes = b"\x01" * 16) -> bytes:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for i in range(count):
+        span = scope.spans.add()
+        span.trace_id = trace_id
+        span.span_id = i.to_bytes(8, "big")
+        span.name = "s"
+        span.start_time_unix_nano = 1_700_000_000_000_000_000 + i
+        span.end_time_unix_nano = 1_700_000_000_000_000_001 + i
+    return request.SerializeToString()
+
+
+def test_a_compressed_trace_batch_cannot_inflate_past_its_cap(server):
+    import gzip
+
+    bomb = gzip.compress(b"\0" * (200 * MIB), compresslevel=9)
+    r = measured(server, f"/v1/traces, {len(bomb) // 1024} KiB of gzip inflating to 200 MiB", lambda: post(
+        server, "/v1/traces", bomb, **{"Content-Type": "application/x-protobuf", "Content-Encoding": "gzip"}))
+    assert r.status_code == 413
+
+
+def test_a_trace_batch_of_many_tiny_spans(server):
+    eid = experiment(server)
+    body = otlp_spans(100_000)
+    r = measured(server, f"/v1/traces, 100,000 spans ({len(body) // 1024} KiB)", lambda: post(
+        server, "/v1/traces", body, **{"Content-Type": "application/x-protobuf", "x-mlflow-experiment-id": eid}))
+    assert r.status_code == 413, r.text[:300]
+    # the largest batch allowed is stored, within the bounds
+    body = otlp_spans(2000, trace_id=b"\x02" * 16)
+    r = measured(server, "/v1/traces, 2,000 spans (the most a batch may hold)", lambda: post(
+        server, "/v1/traces", body, **{"Content-Type": "application/x-protobuf", "x-mlflow-experiment-id": eid}))
+    assert r.status_code == 200, r.text[:300]
