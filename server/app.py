@@ -53,6 +53,8 @@ def create_app(settings: config.Settings):
     import mlflow  # noqa: F401 - configures MLflow's own log handler, which we then make JSON
 
     logs.configure_python_logging(settings.log_level)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
     _migrate(settings)
 
     from mlflow.server import app as mlflow_app

@@ -13,7 +13,6 @@ problems; the entrypoint runs the same check through gunicorn's settings file.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import stat
 import sys
@@ -87,6 +86,7 @@ class Settings:
     # files or Secret Manager; exported to the environment before MLflow starts
     library_env: dict[str, str] = field(repr=False, default_factory=dict)
     secret_values: tuple[str, ...] = field(repr=False, default=())  # for log redaction
+    warnings: tuple[str, ...] = ()  # worth an operator's attention, not fatal
 
     @property
     def backend_is_postgres(self) -> bool:
@@ -99,6 +99,7 @@ class _Reader:
     def __init__(self, environ: dict[str, str]):
         self.environ = environ
         self.problems: list[str] = []
+        self.warnings: list[str] = []  # not fatal; logged once logging is set up
         self.secret_values: list[str] = []
         sd = environ.get("MLFLOW_SECRETS_DIR", DEFAULT_SECRETS_DIR)
         self.secrets_dir = sd or None
@@ -233,7 +234,8 @@ def _users(reader: _Reader) -> tuple[dict[str, users_mod.User], tuple[str, ...]]
             continue
         if found.path:
             files.append(found.path)
-            _warn_if_readable_by_all(found.path, groups[-1])
+            if warning := _readable_by_all(found.path, groups[-1]):
+                reader.warnings.append(warning)
     try:
         merged = users_mod.merge(*groups)
     except users_mod.UsersError as exc:
@@ -253,8 +255,8 @@ def _users(reader: _Reader) -> tuple[dict[str, users_mod.User], tuple[str, ...]]
     return merged, tuple(files)
 
 
-def _warn_if_readable_by_all(path: str, users: list[users_mod.User]) -> None:
-    """Plain passwords in a file every local account can read: said once, at start-up.
+def _readable_by_all(path: str, users: list[users_mod.User]) -> str | None:
+    """A warning when plain passwords sit in a file every local account can read.
 
     Not refused: Cloud Run mounts secrets readable by all (the container has one account),
     and Docker bind-mounts keep the host's mode.
@@ -262,11 +264,11 @@ def _warn_if_readable_by_all(path: str, users: list[users_mod.User]) -> None:
     try:
         readable_by_all = os.stat(path).st_mode & stat.S_IROTH
     except OSError:
-        return
+        return None
     if readable_by_all and any(not u.is_hashed for u in users):
-        logging.getLogger("server.config").warning(
-            "the users file %s holds plain passwords and every local account can read it: "
-            "chmod 600 it, or store bcrypt hashes (htpasswd -nbB name password)", path)
+        return (f"the users file {path} holds plain passwords and every local account can read it: "
+                "chmod 600 it, or store bcrypt hashes (htpasswd -nbB name password)")
+    return None
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
@@ -345,6 +347,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         secrets_dir=reader.secrets_dir,
         library_env=library_env,
         secret_values=tuple(v for v in reader.secret_values if v),
+        warnings=tuple(reader.warnings),
     )
     if reader.problems:
         raise ConfigError(reader.problems)
