@@ -41,7 +41,7 @@ from server.failures import FailureLimiter, HashBudget
 from server.users import User, decoy_for, password_matches
 
 MAX_HEADER_BYTES = 4096
-HASH_WAIT = 5.0  # seconds a login waits for this worker's hash check slot before a 429
+HASH_WAIT = 0.5  # seconds a login waits for this worker's hash check slot before a 429
 BUSY_RETRY_AFTER = 2
 OPEN_PATHS = frozenset({"/health"})
 OPEN_METHODS = frozenset({"GET", "HEAD"})
@@ -215,11 +215,12 @@ class BasicAuthMiddleware:
 
     def _hash_check(self, user: User, password: str) -> bool | None:
         """The hash check, within the instance's hash budget; None when over it."""
+        # the budget first: a flood is turned away without waiting for the slot
+        if self._budget is not None and not self._budget.try_start():
+            return None
         if not self._hash_slot.acquire(timeout=HASH_WAIT):
             return None
         try:
-            if self._budget is not None and not self._budget.try_start():
-                return None
             started = time.thread_time()
             matched = password_matches(user, password)
             if self._budget is not None:
