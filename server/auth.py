@@ -41,7 +41,8 @@ from server.failures import FailureLimiter, HashBudget
 from server.users import User, decoy_for, password_matches
 
 MAX_HEADER_BYTES = 4096
-HASH_WAIT = 0.5  # seconds a login waits for this worker's hash check slot before a 429
+HASH_WAIT = 2.0  # seconds a login waits for this worker's hash check slot before a 429
+FLIGHT_WAIT = 10.0  # seconds a request waits for the same header's check in progress
 BUSY_RETRY_AFTER = 2
 OPEN_PATHS = frozenset({"/health"})
 OPEN_METHODS = frozenset({"GET", "HEAD"})
@@ -108,6 +109,14 @@ class VerifiedCache:
                 self._entries.popitem(last=False)
 
 
+class _Flight:
+    """One hash check that requests with the same header share."""
+
+    def __init__(self):
+        self.done = threading.Event()
+        self.result: bool | None = None
+
+
 class _Verifying(NamedTuple):
     """One users table with what goes with it: its decoy and the credentials verified against it."""
 
@@ -146,6 +155,9 @@ class BasicAuthMiddleware:
         self._limiter = limiter
         self._budget = hash_budget
         self._hash_slot = threading.BoundedSemaphore(1)  # one hash check at a time per worker
+        self._swap_lock = threading.Lock()
+        self._flights: dict[bytes, _Flight] = {}
+        self._flights_lock = threading.Lock()
         self._open_paths = frozenset(open_paths)
         self._verifying: _Verifying | None = None
         self._internal = None
@@ -163,7 +175,10 @@ class BasicAuthMiddleware:
         current = self._verifying
         table = self._users()
         if current is None or table is not current.table:
-            current = self._verifying = _Verifying(table, decoy_for(table), VerifiedCache())
+            with self._swap_lock:  # one new cache (and digest key) per table, even under a burst
+                current = self._verifying
+                if current is None or table is not current.table:
+                    current = self._verifying = _Verifying(table, decoy_for(table), VerifiedCache())
         return current
 
     def _is_open(self, environ: dict) -> bool:
@@ -203,7 +218,7 @@ class BasicAuthMiddleware:
         # taken does not tell which names exist or how their passwords are stored.
         check = user if user is not None and user.is_hashed else decoy
         if check.is_hashed:
-            matched = self._hash_check(check, password)
+            matched = self._once_per_header(digest, lambda: self._hash_check(check, password))
             if matched is None:
                 return None, BUSY_RETRY_AFTER
         else:
@@ -212,6 +227,28 @@ class BasicAuthMiddleware:
             return self._succeeded(client, name, digest, cache), 0
         self._failed(client, name)
         return None, 0
+
+    def _once_per_header(self, digest: bytes, check: Callable[[], bool | None]) -> bool | None:
+        """Run ``check`` once for requests that carry the same header at the same time.
+
+        Training jobs started together send the same credentials at once: the first request
+        checks the hash, the others wait for its result instead of each taking a hash check
+        (and the hash budget) of their own.
+        """
+        with self._flights_lock:
+            flight = self._flights.get(digest)
+            leader = flight is None
+            if leader:
+                flight = self._flights[digest] = _Flight()
+        if not leader:
+            return flight.result if flight.done.wait(FLIGHT_WAIT) else None
+        try:
+            flight.result = check()
+        finally:
+            flight.done.set()
+            with self._flights_lock:
+                self._flights.pop(digest, None)
+        return flight.result
 
     def _hash_check(self, user: User, password: str) -> bool | None:
         """The hash check, within the instance's hash budget; None when over it."""

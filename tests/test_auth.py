@@ -231,3 +231,27 @@ def test_users_file_parsing_matches_htpasswd_and_legacy_forms():
     assert [u.name for u in users] == ["alice", "bob"] and users[1].kind == "bcrypt"
     legacy = parse_wsgi_auth_credentials("a:1|b:two:parts", "legacy")
     assert [(u.name, u.secret) for u in legacy] == [("a", "1"), ("b", "two:parts")]
+
+
+def test_the_same_header_at_once_takes_one_hash_check():
+    """Sixteen training jobs starting together with one hashed credential: one check, sixteen users."""
+    import threading
+
+    from server.auth import BasicAuthMiddleware
+    from server.users import User
+
+    hashed = bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(rounds=10)).decode()
+    table = {"bob": User("bob", hashed, "bcrypt")}
+    mw = BasicAuthMiddleware(lambda e, s: [], users=lambda: table)
+    checks = []
+    original = mw._hash_check
+    mw._hash_check = lambda user, password: checks.append(1) or original(user, password)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(mw.authenticate(basic("bob", "s3cret-pw"))))
+               for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == ["bob"] * 16
+    assert len(checks) < 4  # one, or a few if a thread came after the first check ended
