@@ -104,6 +104,22 @@ def _check_search_value(name: str, value) -> None:
             raise RequestRefusedError("400 Bad Request", f"{shown} has more than {MAX_FILTER_CLAUSES} clauses")
 
 
+_SEARCH_KEYS = (b"filter", b"order", b"page")
+
+
+def plainly_within_limits(body: bytes) -> bool:
+    """Whether a JSON body is within every bound without parsing it: a cheap test for the
+    common small body (a ``log_metric``), which would otherwise be parsed twice. True only
+    when no escape can hide a key or a NUL (no backslash), it nests at most as deep as it has
+    brackets, it cannot hold more values than it has bytes, and it names no search string."""
+    if len(body) > MAX_NODES or b"\\" in body or b"\x00" in body:
+        return False
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH:
+        return False
+    lowered = body.lower()
+    return not any(key in lowered for key in _SEARCH_KEYS)
+
+
 def check_json(document) -> None:
     """Depth, size, NUL characters and search strings of a parsed JSON document (iterative)."""
     nodes = 0
@@ -197,6 +213,8 @@ class RequestLimits:
                                           "RESOURCE_LIMIT_EXCEEDED")
             return
         if graphql or (body and _is_json(environ)):
+            if not graphql and plainly_within_limits(body):
+                return
             document = parse_json_body(body) if body.strip() else None
             check_json(document)
             if graphql and not (isinstance(document, dict) and isinstance(document.get("query"), str)):

@@ -56,9 +56,17 @@ class SecurityHeaders:
 
     def __init__(self, app: Callable):
         self.app = app
+        # the few combinations there are, made once: this runs on every request
+        self._plain = security_headers("/", https=False)
+        self._secure = security_headers("/", https=True)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        extra = security_headers(environ.get("PATH_INFO", ""), environ.get("wsgi.url_scheme") == "https")
+        path = environ.get("PATH_INFO", "")
+        https = environ.get("wsgi.url_scheme") == "https"
+        if path.startswith(("/static-files/", FRAMEABLE_PREFIX)):
+            extra = security_headers(path, https)
+        else:
+            extra = self._secure if https else self._plain
 
         def with_headers(status, headers, exc_info=None):
             present = {name.lower() for name, _ in headers}

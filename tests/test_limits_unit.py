@@ -172,3 +172,11 @@ def test_compressed_bodies_inflate_within_the_cap():
     assert status_of(lambda: request_limits.inflate(bomb, "gzip", 8 * 1024 * 1024)) == "413"
     assert status_of(lambda: request_limits.inflate(b"not gzip", "gzip", 100)) == "400"
     assert status_of(lambda: request_limits.inflate(payload, "br", 100_000)) == "415"
+
+
+def test_plainly_within_limits_only_when_nothing_could_hide():
+    assert request_limits.plainly_within_limits(b'{"run_id": "abc", "key": "m", "value": 1.5, "step": 3}')
+    for body in (b'{"filter": "x"}', b'{"OrderBy": ["a"]}', b'{"page_token": "t"}',
+                 b'{"\\u0066ilter": "x"}', b'{"k": "a\\u0000b"}', b'{"k": "a\x00b"}',
+                 b"[" * 65 + b"]" * 65, b"[" + b"0," * 60000 + b"0]"):
+        assert not request_limits.plainly_within_limits(body), body[:40]
