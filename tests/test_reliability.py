@@ -361,32 +361,34 @@ def test_postgres_restart_during_load(tmp_path, workdir, gcs):
     try:
         env, secrets = gcs_server_config(pg, gcs, "mlflow_restart")
         server = Server(tmp_path / "server", env, secrets).start()
-        exp = api(server, "POST", "/api/2.0/mlflow/experiments/create", json={"name": "restart"}).json()["experiment_id"]
-        ledger, events = Ledger(), []
-        deadline = time.monotonic() + 25
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(worker_loop, server, ledger, exp, deadline, i, False, 30, events) for i in range(8)]
-            time.sleep(6)
-            down_at = time.monotonic()
-            pg.stop()
-            time.sleep(4)
-            pg.start()
-            back_at = time.monotonic()
-            run_ids = [f.result() for f in futures]
-        during = [s for start, end, s in events if down_at <= end and start <= back_at]
-        after_ok = [end for start, end, s in events if start >= back_at and s == 200]
-        recovery = min(after_ok) - back_at
-        bad = [s for s in during if s != 200 and not (isinstance(s, int) and 500 <= s <= 504)]
-        stored = stored_metrics(pg, "mlflow_restart", run_ids)
-        lost = {k: v for k, v in ledger.acked.items() if stored.get(k) != v}
-        print(f"\npostgres restart: {len(during)} requests during the outage "
-              f"({sum(1 for s in during if s != 200)} failed, all 5xx: {not bad}), first success "
-              f"{recovery:.2f}s after the database returned, acknowledged {len(ledger.acked)}, lost {len(lost)}")
-        assert bad == [], bad[:10]
-        assert any(s != 200 for s in during), "the outage was not observed"
-        assert recovery < 10
-        assert lost == {}
-        server.stop()
+        try:
+            exp = api(server, "POST", "/api/2.0/mlflow/experiments/create", json={"name": "restart"}).json()["experiment_id"]
+            ledger, events = Ledger(), []
+            deadline = time.monotonic() + 25
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                futures = [pool.submit(worker_loop, server, ledger, exp, deadline, i, False, 30, events) for i in range(8)]
+                time.sleep(6)
+                down_at = time.monotonic()
+                pg.stop()
+                time.sleep(4)
+                pg.start()
+                back_at = time.monotonic()
+                run_ids = [f.result() for f in futures]
+            during = [s for start, end, s in events if down_at <= end and start <= back_at]
+            after_ok = [end for start, end, s in events if start >= back_at and s == 200]
+            recovery = min(after_ok) - back_at
+            bad = [s for s in during if s != 200 and not (isinstance(s, int) and 500 <= s <= 504)]
+            stored = stored_metrics(pg, "mlflow_restart", run_ids)
+            lost = {k: v for k, v in ledger.acked.items() if stored.get(k) != v}
+            print(f"\npostgres restart: {len(during)} requests during the outage "
+                  f"({sum(1 for s in during if s != 200)} failed, all 5xx: {not bad}), first success "
+                  f"{recovery:.2f}s after the database returned, acknowledged {len(ledger.acked)}, lost {len(lost)}")
+            assert bad == [], bad[:10]
+            assert any(s != 200 for s in during), "the outage was not observed"
+            assert recovery < 10
+            assert lost == {}
+        finally:
+            server.stop()
         assert postgres_password_absent(server.logs(), pg.password)
     finally:
         pg.stop()
