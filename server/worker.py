@@ -38,6 +38,7 @@
   handlers are in place.
 """
 
+import contextlib
 import errno
 import os
 import queue
@@ -241,7 +242,7 @@ class ThreadWorker(GThreadWorker):
         h2_conn = conn.parser
         if not isinstance(h2_conn, ConcurrentH2Connection):  # an h2c Upgrade: gunicorn's parser
             return self._handle_http2_in_turn(conn)
-        try:
+        with self._http2_connection_errors():
             while not h2_conn.is_closed:
                 if not self.alive:
                     # requests already taken finish, then GOAWAY names the last one
@@ -260,13 +261,6 @@ class ThreadWorker(GThreadWorker):
                 if _readable(conn.sock, 0.5):
                     for req in h2_conn.read_available():
                         self._dispatch_stream(req, conn, h2_conn)
-        except (HTTP2ConnectionError, HTTP2ProtocolError, http.errors.NoMoreData) as e:
-            self.log.debug("HTTP/2 connection closed: %s", e)
-        except OSError as e:
-            if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
-                self.log.exception("HTTP/2 socket error")
-        except Exception:
-            self.log.exception("HTTP/2 connection error")
         # the socket closes when this returns: not under a request still answering
         h2_conn.wait_idle(self.cfg.graceful_timeout)
         return False
@@ -287,7 +281,7 @@ class ThreadWorker(GThreadWorker):
         """gunicorn 27.0.1's ``handle_http2``, handing an idle connection back to the loop."""
         h2_conn = conn.parser
         last_served = 0
-        try:
+        with self._http2_connection_errors():
             while not h2_conn.is_closed and self.alive:
                 if self._h2_idle(conn, h2_conn):
                     conn.data_ready = False
@@ -302,6 +296,13 @@ class ThreadWorker(GThreadWorker):
                         last_served = req.stream.stream_id
                     h2_conn.close(last_stream_id=last_served)
                     break
+        return False
+
+    @contextlib.contextmanager
+    def _http2_connection_errors(self):
+        """How an HTTP/2 connection's end is logged (gunicorn 27.0.1's ``handle_http2``)."""
+        try:
+            yield
         except http.errors.NoMoreData:
             self.log.debug("HTTP/2 connection closed by client")
         except (HTTP2ConnectionError, HTTP2ProtocolError) as e:
@@ -313,7 +314,6 @@ class ThreadWorker(GThreadWorker):
                 self.log.exception("HTTP/2 socket error")
         except Exception:
             self.log.exception("HTTP/2 connection error")
-        return False
 
     @staticmethod
     def _h2_idle(conn, h2_conn) -> bool:  # for _handle_http2_in_turn
