@@ -21,10 +21,11 @@ method falls through to Flask, as under ``mlflow server`` (its Flask mount catch
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections.abc import Callable, Iterable
+
+from server.request_limits import RequestRefusedError, read_body, refuse
 
 # A request body without Content-Length (chunked) is read whole before it is handed on, since
 # the adapter reads exactly Content-Length bytes; this bounds what such a body may cost.
@@ -74,9 +75,10 @@ class NativeRoutes:
         if not self.handles(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         if not environ.get("CONTENT_LENGTH") and environ.get("wsgi.input_terminated"):
-            refused = self._size_body(environ, start_response)
-            if refused is not None:
-                return refused
+            try:
+                read_body(environ, MAX_UNSIZED_BODY)
+            except RequestRefusedError as refusal:
+                return refuse(environ, start_response, refusal)
         return self._adapter()(environ, start_response)
 
     def _adapter(self):
@@ -91,22 +93,6 @@ class NativeRoutes:
                     self._bridge = ASGIMiddleware(self.fastapi_app)
                     self._bridge_pid = pid
         return self._bridge
-
-    @staticmethod
-    def _size_body(environ: dict, start_response: Callable):
-        import io
-
-        data = environ["wsgi.input"].read(MAX_UNSIZED_BODY + 1)
-        if len(data) > MAX_UNSIZED_BODY:
-            body = json.dumps({"error_code": "INVALID_PARAMETER_VALUE",
-                               "message": f"request body larger than {MAX_UNSIZED_BODY} bytes"}).encode()
-            start_response("413 Request Entity Too Large",
-                           [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-                            ("Connection", "close")])
-            return [body]
-        environ["wsgi.input"] = io.BytesIO(data)
-        environ["CONTENT_LENGTH"] = str(len(data))
-        return None
 
 
 def native_routes(fastapi_app) -> list:
