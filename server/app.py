@@ -88,13 +88,14 @@ def create_app(settings: config.Settings):
     )
     app = RequestLimits(PlainServerErrors(app))  # after the gate: an anonymous client's body is never parsed
     users = WatchedUsers(settings.users, settings.users_files, config.reload_users)
+    # made here, in gunicorn's master: every worker forks with the same failure counts and budget
+    shared = SharedCounters()
     app = BasicAuthMiddleware(
         app,
         users=users,
         realm=settings.realm,
-        # made here, in gunicorn's master: every worker forks with the same shared counts
-        limiter=FailureLimiter(settings.max_failures, settings.lockout_seconds, counters=SharedCounters()),
-        hash_budget=HashBudget(counters=SharedCounters(slots=1)),
+        limiter=FailureLimiter(settings.max_failures, settings.lockout_seconds, counters=shared),
+        hash_budget=HashBudget(counters=shared),
         internal=job_credential,
     )
     app = SecurityHeaders(app)

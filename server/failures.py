@@ -185,8 +185,7 @@ class FailureLimiter:
 
     def record_success(self, client: str, user: str) -> None:
         pair, _ = self._keys(client, user)
-        if self.counters.count(pair, self.window):
-            self.counters.clear(pair)
+        self.counters.clear(pair)
 
 
 class HashBudget:
