@@ -15,19 +15,10 @@ refusal into a 400 with ``INVALID_PARAMETER_VALUE``.
 from __future__ import annotations
 
 import functools
-import urllib.parse
+
+from server.route_guard import percent_decoded
 
 FORBIDDEN = ("?", "#", "\\", "\x00")
-
-
-def _decoded(location: str) -> str:
-    # every layer of percent-encoding a later reader might undo
-    for _ in range(4):
-        decoded = urllib.parse.unquote(location)
-        if decoded == location:
-            break
-        location = decoded
-    return location
 
 
 def allowed_location(location: str | None, root: str) -> bool:
@@ -35,7 +26,7 @@ def allowed_location(location: str | None, root: str) -> bool:
     if not location:
         return True
     root = root.rstrip("/")
-    decoded = _decoded(location)
+    decoded = percent_decoded(location, 4)  # every layer a later reader might undo
     for text in (location, decoded):
         if any(ch in text for ch in FORBIDDEN):
             return False

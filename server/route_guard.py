@@ -17,11 +17,19 @@ WEBHOOKS = re.compile(r"/(ajax-)?api/[^/]+/mlflow/webhooks(/|$)")
 GATEWAY_PROXY = re.compile(r"/(ajax-)?api/[^/]+/mlflow/gateway-proxy(/|$)")
 
 
+def percent_decoded(text: str, layers: int) -> str:
+    """``text`` with up to ``layers`` layers of percent-encoding undone, as a later reader might."""
+    for _ in range(layers):
+        decoded = urllib.parse.unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
 def _normalized(path: str) -> str:
     # fold case, repeated slashes and any remaining percent-encoding, so no spelling slips past
-    for _ in range(3):
-        path = urllib.parse.unquote(path)
-    return re.sub(r"/+", "/", path).lower()
+    return re.sub(r"/+", "/", percent_decoded(path, 3)).lower()
 
 
 class RouteGuard:
