@@ -556,3 +556,13 @@ def proc_kib(pids: list[int], filename: str, field: str) -> int:
         except (OSError, StopIteration):
             pass
     return total
+
+
+def latencies(send, n: int = 20) -> list[float]:
+    """Seconds each of ``n`` calls of ``send`` took, one after another."""
+    found = []
+    for _ in range(n):
+        started = time.perf_counter()
+        send()
+        found.append(time.perf_counter() - started)
+    return found

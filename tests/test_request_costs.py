@@ -15,7 +15,8 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, figure, gcs_server_config
-from tests.services import Server, wait_for_workers, web_processes
+from tests.services import Server, proc_kib, wait_for_workers, web_processes
+from tests.test_auth import basic
 
 pytestmark = pytest.mark.reliability
 
@@ -40,8 +41,7 @@ def worker_pid(server: Server) -> int:
 
 
 def peak_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:"))
+    return proc_kib([pid], "status", "VmHWM")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -135,10 +135,7 @@ def test_deep_json_is_a_400(server):
 def chunked(server: Server, path: str, chunks) -> tuple[int, bytes]:
     """POST a chunked body over a raw socket; returns (status, body)."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=60) as conn:
-        import base64
-
-        token = base64.b64encode(f"{ALICE[0]}:{ALICE[1]}".encode()).decode()
-        conn.sendall((f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Basic {token}\r\n"
+        conn.sendall((f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {basic(*ALICE)}\r\n"
                       "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode())
         try:
             for chunk in chunks:
@@ -262,8 +259,6 @@ def test_no_internal_detail_in_an_error_body(server, postgres):
 def test_an_h2c_body_without_a_length_is_counted(server):
     """Behind Cloud Run's HTTP/2 end-to-end mode no 32 MiB cap stands in front of the server: a
     body without a length is counted as it arrives, and answered 413 before it ends."""
-    import base64
-
     import h2.config
     import h2.connection
     import h2.events
@@ -272,9 +267,8 @@ def test_an_h2c_body_without_a_length_is_counted(server):
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         conn.initiate_connection()
-        token = base64.b64encode(f"{ALICE[0]}:{ALICE[1]}".encode()).decode()
         conn.send_headers(1, [(":method", "POST"), (":path", "/api/2.0/mlflow/runs/search"), (":scheme", "http"),
-                              (":authority", "127.0.0.1"), ("authorization", f"Basic {token}"),
+                              (":authority", "127.0.0.1"), ("authorization", basic(*ALICE)),
                               ("content-type", "application/json")])
         sock.sendall(conn.data_to_send())
         sent, status = 0, None

@@ -14,7 +14,8 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, figure, gcs_server_config
-from tests.services import Server, wait_for_workers
+from tests.services import Server, latencies, wait_for_workers
+from tests.test_auth import basic
 
 pytestmark = pytest.mark.reliability
 
@@ -31,15 +32,6 @@ def server(workdir, postgres, gcs):
     wait_for_workers(server.proc.pid, 2)
     yield server
     server.stop()
-
-
-def latencies(send, n: int = 20) -> list[float]:
-    found = []
-    for _ in range(n):
-        started = time.perf_counter()
-        send()
-        found.append(time.perf_counter() - started)
-    return found
 
 
 def http1(server: Server):
@@ -132,11 +124,8 @@ def test_a_head_that_never_completes_is_closed(server):
 
 
 def h2_request(conn, sock, stream_id: int, method: str, path: str, end_stream: bool, extra=()):
-    import base64
-
-    token = base64.b64encode(f"{ALICE[0]}:{ALICE[1]}".encode()).decode()
     conn.send_headers(stream_id, [(":method", method), (":path", path), (":scheme", "http"),
-                                  (":authority", "127.0.0.1"), ("authorization", f"Basic {token}"), *extra],
+                                  (":authority", "127.0.0.1"), ("authorization", basic(*ALICE)), *extra],
                       end_stream=end_stream)
     sock.sendall(conn.data_to_send())
 
