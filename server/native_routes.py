@@ -102,10 +102,10 @@ def native_routes(fastapi_app) -> list:
     return [route for route in fastapi_app.router.routes
             if not isinstance(route, Mount)  # the Flask app itself
             and not any(getattr(leaf, "endpoint", None) is not None and leaf.endpoint.__module__ in LEFT_TO_FLASK
-                        for _, leaf in _leaves([route]))]
+                        for _, leaf in leaves([route]))]
 
 
-def _leaves(routes: list, prefix: str = ""):
+def leaves(routes: list, prefix: str = ""):
     """(full path, route) of every endpoint under these routes. FastAPI 0.165 wraps an included
     router in one object (its routes under ``original_router``, the include prefix in
     ``include_context``); a plain route is its own leaf."""
@@ -115,14 +115,14 @@ def _leaves(routes: list, prefix: str = ""):
             yield prefix + route.path, route
         else:
             include = getattr(getattr(route, "include_context", None), "prefix", "") or ""
-            yield from _leaves(original.routes, prefix + include)
+            yield from leaves(original.routes, prefix + include)
 
 
 def route_paths(routes: list) -> list[str]:
     """Every full path (with the include prefix) of these routes."""
-    return [path for path, _ in _leaves(routes)]
+    return [path for path, _ in leaves(routes)]
 
 
 def route_table(routes: list) -> list[tuple[str, str]]:
     """(method, path) of every route (the tests count and check them)."""
-    return [(method, path) for path, leaf in _leaves(routes) for method in sorted(getattr(leaf, "methods", None) or ())]
+    return [(method, path) for path, leaf in leaves(routes) for method in sorted(getattr(leaf, "methods", None) or ())]

@@ -5,9 +5,12 @@ Accepted forms, one user a line (``#`` comments and blank lines are ignored)::
     alice:plain-text-password
     bob:$2b$12$...            # bcrypt (htpasswd -B); $2a$/$2y$ too
     carol:$argon2id$v=19$...  # argon2 (argon2-cffi)
+    [viewer]                  # the users below get this role (server/roles.py)
+    dave:pass:with:colons     # the password is everything after the first ':'
 
-The wsgi-basic-auth variable ``WSGI_AUTH_CREDENTIALS`` (``user:pass|user2:pass2``) is accepted
-unchanged so that blog-post deployments migrate as they are.
+Users before any ``[role]`` line are admins. The wsgi-basic-auth variable
+``WSGI_AUTH_CREDENTIALS`` (``user:pass|user2:pass2``) is accepted unchanged, its users admins,
+so that blog-post deployments migrate as they are.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import hmac
 import secrets
 from dataclasses import dataclass
+
+from server import roles
 
 BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 ARGON2_PREFIXES = ("$argon2id$", "$argon2i$", "$argon2d$")
@@ -31,6 +36,7 @@ class User:
     name: str
     secret: str  # plain password or a hash
     kind: str  # "plain", "bcrypt" or "argon2"
+    role: str = roles.DEFAULT_ROLE
 
     @property
     def is_hashed(self) -> bool:
@@ -45,7 +51,7 @@ def _kind_of(secret: str) -> str:
     return "plain"
 
 
-def _make_user(name: str, secret: str, where: str) -> User:
+def _make_user(name: str, secret: str, where: str, role: str = roles.DEFAULT_ROLE) -> User:
     if not name:
         raise UsersError(f"{where}: a user name is empty")
     if ":" in name or any(ch.isspace() for ch in name):
@@ -75,19 +81,26 @@ def _make_user(name: str, secret: str, where: str) -> User:
             pass
         except InvalidHashError:
             raise UsersError(f"{where}: the argon2 hash of user {name!r} is malformed") from None
-    return User(name, secret, kind)
+    return User(name, secret, kind, role)
 
 
 def parse_htpasswd(text: str, where: str) -> list[User]:
-    users = []
+    users, role = [], roles.DEFAULT_ROLE
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
+        opened = roles.section(line)
+        if opened == "":
+            raise UsersError(f"{where}: line {number} names no role; use one of "
+                             + ", ".join(f"[{r}]" for r in roles.ROLES))
+        if opened:
+            role = opened
+            continue
         name, sep, secret = line.partition(":")
         if not sep:
-            raise UsersError(f"{where}: line {number} is not 'user:password'")
-        users.append(_make_user(name, secret, f"{where} line {number}"))
+            raise UsersError(f"{where}: line {number} is not 'user:password' nor a [role] line")
+        users.append(_make_user(name, secret, f"{where} line {number}", role))
     return users
 
 
