@@ -121,6 +121,12 @@ class StreamingGCSArtifactRepository(_ProxiedOnly, GCSArtifactRepository, Stream
         prefix = (posixpath.join(root, path) if root else path).rstrip("/") + "/"
         return any(True for _ in self._get_bucket(bucket_name).list_blobs(prefix=prefix, max_results=1))
 
+    def exists(self, path: str) -> bool:
+        """A stored object or folder at ``path`` (server/write_once.py)."""
+        bucket_name, root = self.parse_gcs_uri(self.artifact_uri)
+        name = posixpath.join(root, path) if root else path
+        return self._get_bucket(bucket_name).get_blob(name) is not None or self.is_folder(path)
+
 
 class StreamingS3ArtifactRepository(_ProxiedOnly, S3ArtifactRepository, StreamUploadMixin):
     def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
@@ -159,6 +165,19 @@ class StreamingS3ArtifactRepository(_ProxiedOnly, S3ArtifactRepository, StreamUp
         prefix = (posixpath.join(root, path) if root else path).rstrip("/") + "/"
         listing = self._get_s3_client().list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
         return bool(listing.get("KeyCount"))
+
+    def exists(self, path: str) -> bool:
+        """A stored object or folder at ``path`` (server/write_once.py)."""
+        from botocore.exceptions import ClientError
+
+        bucket, root = self.parse_s3_compliant_uri(self.artifact_uri)
+        try:
+            self._get_s3_client().head_object(Bucket=bucket, Key=posixpath.join(root, path) if root else path)
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
+                raise
+        return self.is_folder(path)
 
 
 def install() -> None:
