@@ -1,4 +1,4 @@
-"""HTTP Basic authentication as WSGI middleware, failing closed.
+"""Authentication as WSGI middleware, failing closed: HTTP Basic, and Google sign-in through IAP.
 
 Replaces wsgi-basic-auth 1.1.0 rather than subclassing it: every method of that class that
 matters (credential loading, the header parser, the comparison and the path exclusions) had to
@@ -20,8 +20,12 @@ What it guarantees:
   the instance's hash budget (``server/failures.py``), else 429 at once;
 * a (client, user) pair with too many failures gets 429 for a while, and so does a client
   spraying names; other clients and users do not, and logged-in users are never slowed;
-* the authenticated user name is put in ``REMOTE_USER`` for the access log, and the
-  ``Authorization`` header is removed before MLflow sees the request.
+* with an IAP audience configured, a request carrying ``x-goog-iap-jwt-assertion`` is judged by
+  that assertion alone (``server/iap.py``): a missing (when Basic users are not configured),
+  malformed, forged, expired or wrong-audience one gets 401, never a fall-through to Basic;
+* the authenticated user name is put in ``REMOTE_USER`` and the user's role in the environ
+  (``server/role_gate.py`` judges it), and the ``Authorization`` header is removed before MLflow
+  sees the request.
 """
 
 from __future__ import annotations
@@ -37,7 +41,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from server import roles
+from server.account import SIGN_IN
 from server.failures import FailureLimiter, HashBudget
+from server.iap import HEADER as IAP_HEADER
+from server.iap import IapError, IapUnavailableError, IapVerifier
+from server.role_gate import DECISION, ROLE
 from server.users import User, decoy_for, password_matches
 
 MAX_HEADER_BYTES = 4096
@@ -131,13 +140,14 @@ class BasicAuthMiddleware:
     Args:
         app: the WSGI application to protect.
         users: callable returning the current ``{name: User}`` table (it may change when a
-            mounted secret is rotated); must not be empty.
+            mounted secret is rotated); empty only when ``iap`` is given.
         realm: the realm shown in the browser's login prompt.
         limiter: counts failures per (client, user) and per client; None disables the limit.
         hash_budget: the share of CPU password-hash checks may use; None: no bound.
         open_paths: exact paths served without credentials for GET and HEAD.
         internal: (user, password) of this server's own job runner, accepted only from a
-            loopback peer (``server/job_runner.py``); None: no such user.
+            loopback peer (``server/job_runner.py``), with the admin role; None: no such user.
+        iap: verifies IAP assertions; None: IAP sign-in is off.
     """
 
     def __init__(
@@ -149,8 +159,10 @@ class BasicAuthMiddleware:
         hash_budget: HashBudget | None = None,
         open_paths: Iterable[str] = OPEN_PATHS,
         internal: tuple[str, str] | None = None,
+        iap: IapVerifier | None = None,
     ):
         self.app = app
+        self._iap = iap
         self._users = users
         self._limiter = limiter
         self._budget = hash_budget
@@ -166,8 +178,8 @@ class BasicAuthMiddleware:
             self._internal = (internal[0], f"Basic {token}")
         safe_realm = realm.replace("\\", "").replace('"', "")
         self._challenge = f'Basic realm="{safe_realm}", charset="UTF-8"'
-        if not users():
-            raise ValueError("BasicAuthMiddleware needs at least one user (fail closed)")
+        if not users() and iap is None:
+            raise ValueError("BasicAuthMiddleware needs at least one user or IAP (fail closed)")
 
     def _current(self) -> _Verifying:
         # Swapped as one object when the table rotates, with a fresh cache: a request still
@@ -278,24 +290,59 @@ class BasicAuthMiddleware:
 
     def __call__(self, environ: dict, start_response: Callable):
         if self._is_open(environ):
+            environ[DECISION] = "open"
             return self.app(environ, start_response)
+        if self._iap is not None:
+            assertion = environ.get(IAP_HEADER)
+            if assertion or not self._current().table:
+                return self._iap_request(environ, start_response, assertion)
         client = environ.get("REMOTE_ADDR") or "-"
-        user = self._internal_user(environ)
+        user, role = self._internal_user(environ), roles.ADMIN
         wait = 0
         if user is None:
             user, wait = self.verify(environ.get("HTTP_AUTHORIZATION"), client)
+            found = self._current().table.get(user) if user is not None else None
+            user, role = (found.name, found.role) if found is not None else (None, None)
         if user is None:
             # the body of a refused request is not read: the connection closes after the answer
             environ["server.close_connection"] = True
+            environ[DECISION] = "throttled" if wait else "unauthenticated"
             if wait:
                 return self._refuse(start_response, wait)
             return self._challenge_response(start_response)
+        return self._let_in(environ, start_response, user, role, "basic")
+
+    def _let_in(self, environ: dict, start_response: Callable, user: str, role: str, sign_in: str):
         environ["REMOTE_USER"] = user
+        environ[ROLE] = role
+        environ[SIGN_IN] = sign_in
         # MLflow sees the request as ``mlflow server`` without an auth app does: no credential.
         # Its handlers read ``request.authorization`` only for its own auth app (e.g. to run a
         # judge job as the caller, with a token of that app), and nothing below needs the password.
         environ.pop("HTTP_AUTHORIZATION", None)
         return self.app(environ, start_response)
+
+    def _iap_request(self, environ: dict, start_response: Callable, assertion: str | None):
+        """A request judged by its IAP assertion alone: in, or 401/403/503, never Basic."""
+        environ["server.close_connection"] = True  # unless let in below
+        try:
+            email, role = self._iap.verify(assertion)
+        except IapUnavailableError:
+            environ[DECISION] = "unavailable"
+            return _plain(start_response, "503 Service Unavailable",
+                          b"503 Service Unavailable: IAP sign-in cannot be checked right now.\n", ("Retry-After", "30"))
+        except IapError:
+            environ[DECISION] = "unauthenticated"
+            return _plain(start_response, "401 Unauthorized",
+                          b"401 Unauthorized: a valid IAP assertion (Google sign-in) is required.\n")
+        if role is None:
+            environ["REMOTE_USER"] = email
+            environ[DECISION] = "denied"
+            return _plain(start_response, "403 Forbidden",
+                          f"403 Forbidden: {email} is signed in through IAP, but no role is granted to "
+                          "this account on this server (MLFLOW_IAP_ROLES).\n".encode())
+        environ.pop("server.close_connection", None)
+        return self._let_in(environ, start_response, email, role, "iap")
 
     def _internal_user(self, environ: dict) -> str | None:
         if self._internal is None or environ.get("REMOTE_ADDR") not in LOOPBACK:
@@ -307,27 +354,15 @@ class BasicAuthMiddleware:
         return None
 
     def _challenge_response(self, start_response: Callable):
-        body = b"401 Unauthorized: valid credentials are required.\n"
-        start_response(
-            "401 Unauthorized",
-            [
-                ("WWW-Authenticate", self._challenge),
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-            ],
-        )
-        return [body]
+        return _plain(start_response, "401 Unauthorized", b"401 Unauthorized: valid credentials are required.\n",
+                      ("WWW-Authenticate", self._challenge))
 
     def _refuse(self, start_response: Callable, wait: int):
-        body = b"429 Too Many Requests: too many login attempts, try again later.\n"
-        start_response(
-            "429 Too Many Requests",
-            [
-                ("Retry-After", str(wait)),
-                ("Content-Type", "text/plain; charset=utf-8"),
-                ("Content-Length", str(len(body))),
-                ("Cache-Control", "no-store"),
-            ],
-        )
-        return [body]
+        return _plain(start_response, "429 Too Many Requests",
+                      b"429 Too Many Requests: too many login attempts, try again later.\n", ("Retry-After", str(wait)))
+
+
+def _plain(start_response: Callable, status: str, body: bytes, *headers: tuple[str, str]):
+    start_response(status, [*headers, ("Content-Type", "text/plain; charset=utf-8"),
+                            ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+    return [body]

@@ -19,7 +19,7 @@ import sys
 import urllib.parse
 from dataclasses import dataclass, field
 
-from server import secret_manager
+from server import iap, secret_manager
 from server import users as users_mod
 from server.sources import RawValue, SourceError, lookup, places
 
@@ -63,6 +63,10 @@ class Settings:
     default_artifact_root: str
     users: dict[str, users_mod.User]
     users_files: tuple[str, ...]  # files the users came from; re-read when they change
+    iap_audience: str | None  # Google sign-in through IAP (server/iap.py); None: off
+    iap_roles: dict[str, str]  # {email, @domain or *: role}
+    iap_roles_files: tuple[str, ...]
+    iap_keys_url: str
     public_urls: tuple[str, ...]
     host: str
     port: int
@@ -218,7 +222,7 @@ def _public_urls(reader: _Reader) -> tuple[str, ...]:
     return tuple(urls)
 
 
-def _users(reader: _Reader) -> tuple[dict[str, users_mod.User], tuple[str, ...]]:
+def _users(reader: _Reader, iap_on: bool = False) -> tuple[dict[str, users_mod.User], tuple[str, ...]]:
     groups, files = [], []
     for name, parse in (
         ("MLFLOW_AUTH_USERS", users_mod.parse_htpasswd),
@@ -241,18 +245,55 @@ def _users(reader: _Reader) -> tuple[dict[str, users_mod.User], tuple[str, ...]]
     except users_mod.UsersError as exc:
         reader.problems.append(str(exc))
         return {}, ()
-    if not merged and not any(
+    if not merged and not iap_on and not any(
         p.startswith(("MLFLOW_AUTH_USERS", "WSGI_AUTH_CREDENTIALS")) for p in reader.problems
     ):
         reader.problems.append(
             "MLFLOW_AUTH_USERS: no users are configured, so nobody could log in and the server "
             "refuses to start (fail closed). Looked in "
-            f"{places('MLFLOW_AUTH_USERS', reader.secrets_dir)} and $WSGI_AUTH_CREDENTIALS."
+            f"{places('MLFLOW_AUTH_USERS', reader.secrets_dir)} and $WSGI_AUTH_CREDENTIALS "
+            "(or set MLFLOW_IAP_AUDIENCE and MLFLOW_IAP_ROLES for Google sign-in through IAP)."
         )
     for user in merged.values():
         if not user.is_hashed:
             reader.secret_values.append(user.secret)
     return merged, tuple(files)
+
+
+def _iap_roles(reader: _Reader, audience: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
+    found = reader.raw("MLFLOW_IAP_ROLES")
+    if audience is None:
+        if found is not None:
+            reader.problems.append("MLFLOW_IAP_ROLES: set, but MLFLOW_IAP_AUDIENCE is not, so nobody could sign in through IAP")
+        return {}, ()
+    if found is None:
+        reader.problems.append(
+            f"MLFLOW_IAP_ROLES: not set (looked in {places('MLFLOW_IAP_ROLES', reader.secrets_dir)}); "
+            "with MLFLOW_IAP_AUDIENCE set it must give at least one account or domain a role")
+        return {}, ()
+    try:
+        table = iap.parse_roles(found.value, "MLFLOW_IAP_ROLES")
+    except ValueError as exc:
+        reader.problems.append(str(exc))
+        return {}, ()
+    if not table:
+        reader.problems.append("MLFLOW_IAP_ROLES: gives no account a role (fail closed)")
+    return table, ((found.path,) if found.path else ())
+
+
+def _iap_audience(reader: _Reader) -> str | None:
+    audience = reader.text("MLFLOW_IAP_AUDIENCE")
+    if audience is not None and not audience.startswith("/projects/"):
+        reader.problems.append("MLFLOW_IAP_AUDIENCE: must look like /projects/NUMBER/locations/REGION/services/NAME "
+                               "(Cloud Run) or /projects/NUMBER/global/backendServices/ID (load balancer)")
+    return audience or None
+
+
+def _iap_keys_url(reader: _Reader) -> str:
+    url = reader.text("MLFLOW_IAP_KEYS_URL") or iap.GOOGLE_KEYS_URL
+    if urllib.parse.urlsplit(url).scheme not in ("https", "http"):
+        reader.problems.append("MLFLOW_IAP_KEYS_URL: must be an https:// URL")
+    return url
 
 
 def _readable_by_all(path: str, users: list[users_mod.User]) -> str | None:
@@ -314,7 +355,9 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             "MLFLOW_ARTIFACTS_DESTINATION: unknown scheme; use gs://, s3://, file:// or a local path"
         )
 
-    users, users_files = _users(reader)
+    iap_audience = _iap_audience(reader)
+    users, users_files = _users(reader, iap_on=iap_audience is not None)
+    iap_roles, iap_roles_files = _iap_roles(reader, iap_audience)
     library_env = {}
     for name, secret in LIBRARY_SETTINGS:
         if (value := reader.text(name, secret=secret)) is not None:
@@ -326,6 +369,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         default_artifact_root=reader.text("MLFLOW_DEFAULT_ARTIFACT_ROOT") or "mlflow-artifacts:/",
         users=users,
         users_files=users_files,
+        iap_audience=iap_audience,
+        iap_roles=iap_roles,
+        iap_roles_files=iap_roles_files,
+        iap_keys_url=_iap_keys_url(reader),
         public_urls=_public_urls(reader),
         host=reader.text("MLFLOW_HOST") or "0.0.0.0",
         port=reader.integer("PORT", 8080, minimum=1),
@@ -357,10 +404,19 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 def reload_users(environ: dict[str, str] | None = None) -> dict[str, users_mod.User]:
     """Read the users again (after a secret file changed); raise ConfigError on a problem."""
     reader = _Reader(dict(os.environ if environ is None else environ))
-    users, _ = _users(reader)
+    users, _ = _users(reader, iap_on=_iap_audience(reader) is not None)
     if reader.problems:
         raise ConfigError(reader.problems)
     return users
+
+
+def reload_iap_roles(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Read the IAP roles again (after their secret file changed); raise ConfigError on a problem."""
+    reader = _Reader(dict(os.environ if environ is None else environ))
+    table, _ = _iap_roles(reader, _iap_audience(reader))
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return table
 
 
 @functools.lru_cache(maxsize=1)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("server.internals")
 
-WRITTEN_FOR = {"mlflow": "3.17.2", "gunicorn": "27.0.1", "protobuf": "7.36.2", "fastapi": "0.165.0", "huey": "3.5.4"}
+WRITTEN_FOR = {"mlflow": "3.17.2", "gunicorn": "27.0.1", "protobuf": "7.36.2", "fastapi": "0.165.0", "huey": "3.5.4", "werkzeug": "3.1.9"}
 
 # Names MLflow's server reads from the environment; ``mlflow server`` sets them for its workers.
 BACKEND_STORE_URI_ENV_VAR = "_MLFLOW_SERVER_FILE_STORE"
@@ -238,6 +238,28 @@ ENTRIES: tuple[Entry, ...] = (
           (Target("mlflow.store.tracking.abstract_store", "AbstractStore.create_experiment",
                   params=("self", "name", "artifact_location", "tags")),
            Target(H, "_create_experiment", contains="_get_tracking_store().create_experiment("))),
+    Entry("write-once artifacts", "safety", "server/write_once.py",
+          "MLflow's artifact views are wrapped so that non-admins cannot overwrite or delete stored artifacts, "
+          "nor add files to a registered model version's",
+          (Target("mlflow.server", "app.view_functions"),
+           Target(H, "_upload_artifact", params=("artifact_path",)),
+           Target(H, "_delete_artifact_mlflow_artifacts", params=("artifact_path",)),
+           Target(H, "_create_multipart_upload_artifact", params=("artifact_path",)),
+           Target(H, "upload_artifact_handler", contains="posixpath.join(run.info.experiment_id, run.info.run_id, "
+                  '"artifacts", dirname)'),
+           Target(H, "_is_servable_proxied_run_artifact_root", params=("run_artifact_root",)),
+           Target(H, "_get_model_registry_store", params=("registry_store_uri",)),
+           Target(H, "_get_tracking_store", params=("backend_store_uri", "default_artifact_root")),
+           Target("mlflow.store.model_registry.dbmodels.models", "SqlModelVersion.storage_location"),
+           Target("mlflow.store.model_registry.dbmodels.models", "SqlModelVersion.source"),
+           Target("mlflow.store.model_registry.dbmodels.models", "SqlModelVersion.current_stage"),
+           Target("mlflow.entities.model_registry.model_version_stages", "STAGE_DELETED_INTERNAL",
+                  value="Deleted_Internal"))),
+    Entry("route allowlist", "safety", "server/route_access.py",
+          "the role decision matches each request against the Flask app's url_map, as Flask itself does",
+          (Target("mlflow.server", "app.url_map"),
+           Target("werkzeug.routing", "MapAdapter.match",
+                  params=("self", "path_info", "method", "return_rule", "query_args", "websocket")))),
     Entry("frameable trace renderer", "safety", "server/security_headers.py",
           "the one path other sites (Jupyter) may frame, as MLflow exempts it from X-Frame-Options",
           (Target("mlflow.tracing.constant", "TRACE_RENDERER_ASSET_PATH",

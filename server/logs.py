@@ -3,7 +3,7 @@ with every known secret value redacted from every line.
 
 ``JsonFormatter`` is used for gunicorn's error log, MLflow's loggers and ours;
 ``GunicornLogger`` (gunicorn's ``logger_class``) also writes the access log as JSON with the
-authenticated user, the status and the latency. A small formatter of our own instead of
+authenticated user, their role, the gate's decision, the status and the latency. A small formatter of our own instead of
 python-json-logger: Cloud Logging needs two field names and the redaction step, nothing more.
 """
 
@@ -15,6 +15,8 @@ import logging
 import re
 
 from gunicorn import glogging
+
+from server.role_gate import DECISION, ROLE
 
 REDACTED = "***"
 # user:password@ in any URI, whatever the scheme (DB URIs, proxies); the user name stays
@@ -110,6 +112,9 @@ class GunicornLogger(glogging.Logger):
             "message": f"{environ.get('REQUEST_METHOD')} {path} {code} {latency * 1000:.1f}ms",
             "time": _now(),
             "user": environ.get("REMOTE_USER") or "-",
+            "role": environ.get(ROLE) or "-",
+            # allowed, denied (role), conflict (write-once), unauthenticated, throttled, open, unavailable
+            "decision": environ.get(DECISION) or "-",
             "httpRequest": {
                 "requestMethod": environ.get("REQUEST_METHOD"),
                 "requestUrl": path,

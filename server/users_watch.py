@@ -1,4 +1,4 @@
-"""Keeps the users table in step with its mounted secret files.
+"""Keeps the users table (or the IAP roles) in step with its mounted secret files.
 
 Cloud Run secret volumes (with ``latest``) and compose secrets can change under a running server.
 When one of the files the users came from changes, the table is read again through ``reload``;
@@ -36,6 +36,7 @@ class WatchedUsers:
     paths: the files it was read from (empty: nothing to watch).
     reload: reads the table again; raises on a problem.
     interval: seconds between two looks at the files.
+    label: what the table holds, for the log ("users", "IAP roles").
     """
 
     def __init__(
@@ -45,7 +46,9 @@ class WatchedUsers:
         reload: Callable[[], dict[str, User]],
         interval: float = 2.0,
         clock=time.monotonic,
+        label: str = "users",
     ):
+        self._label = label
         self._table = initial
         self._paths = paths
         self._reload = reload
@@ -72,14 +75,14 @@ class WatchedUsers:
             missing = [p for p, sig in zip(self._paths, signature, strict=True) if sig is None]
             if missing:
                 # a removed secret is a broken rotation, not "no users from this source"
-                log.error("users secret file %s is missing; keeping the previous users", ", ".join(missing))
+                log.error("%s secret file %s is missing; keeping the previous %s", self._label, ", ".join(missing), self._label)
                 return
             try:
                 table = self._reload()
             except Exception as exc:  # noqa: BLE001 - keep serving with the last good table
-                log.error("users secret changed but cannot be used; keeping the previous users: %s", exc)
+                log.error("%s secret changed but cannot be used; keeping the previous %s: %s", self._label, self._label, exc)
                 return
             self._table = table
-            log.info("users secret changed; %d user(s) now configured", len(table))
+            log.info("%s secret changed; %d entr%s now configured", self._label, len(table), "y" if len(table) == 1 else "ies")
         finally:
             self._lock.release()
