@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.ab f1d12a4                 # log_metric (8 threads), log_batch
     .venv/bin/python -m bench.ab f1d12a4 --cycles 3 --rounds 10 --window 3
+    .venv/bin/python -m bench.ab bcec85a --after-role editor   # the working tree's user has a role
 
 The commit is checked out into a temporary git worktree and served by its own entry-point.sh,
 with this checkout's venv (so only changes that keep the locks compare fairly). Each cycle
@@ -19,7 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench.common import ROOT, database_uri, median, services
+from bench.common import ROOT, USER, database_uri, median, services
 from bench.run import log_batch_latencies, log_metric_rate, measured_window, metric_runs, paired_ratio
 from bench.servers import Running, start
 
@@ -33,13 +34,17 @@ def worktree(ref: str) -> Path:
     return path
 
 
-def compare(before_root: Path, uri: str, dest: str, work: Path, cycles: int, rounds: int, window: float) -> dict:
+def compare(before_root: Path, uri: str, dest: str, work: Path, cycles: int, rounds: int, window: float,
+            after_role: str | None = None) -> dict:
     out = {side: {"rps": [], "cpu_ms": [], "batch_s": []} for side in ("before", "after")}
     for _ in range(cycles):
         servers: dict[str, Running] = {}
         try:
             for side, root in (("before", before_root), ("after", ROOT)):  # one at a time: migrations
-                servers[side] = start("ours", uri, dest, work, app_root=root)
+                # the same user; on the working tree's side under a [role] section, if asked (an
+                # admin's requests skip the role decision, an editor's take it)
+                users = f"[{after_role}]\n{':'.join(USER)}" if side == "after" and after_role else None
+                servers[side] = start("ours", uri, dest, work, app_root=root, users=users)
                 servers[side].wait_first_api_ok()
             runs, experiments = {}, {}
             for side, s in servers.items():
@@ -63,12 +68,14 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--window", type=float, default=3.0)
+    parser.add_argument("--after-role", choices=("viewer", "editor", "admin"),
+                        help="put the working tree's user under this [role] section of the users file")
     args = parser.parse_args()
     before_root = worktree(args.ref)
     try:
         with services() as (work, pg, gcs):
             out = compare(before_root, database_uri(pg, "ab"), f"gs://{gcs.bucket}/ab", work, args.cycles,
-                          args.rounds, args.window)
+                          args.rounds, args.window, args.after_role)
     finally:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_root)], check=False)
     b, a = out["before"], out["after"]
