@@ -1,0 +1,182 @@
+"""Pure logic of roles: the users file's [role] sections, the IAP roles, what each role may do,
+the route table against the routes MLflow really has, and IAP assertion checks in-process (keys
+still served over HTTP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from server import config, iap, roles
+from server.users import UsersError, parse_htpasswd, parse_wsgi_auth_credentials
+from tests.iap_tokens import AUDIENCE, KeyServer, SigningKey
+
+
+def test_sections_give_roles_and_users_before_any_section_are_admins():
+    users = parse_htpasswd("old:pw1\n[editor]\nci:pw:with:colons\n\n[viewer]\n# note\nboss:$argon2id$v=19$m=65536,t=3,"
+                           "p=4$c2FsdHNhbHQ$ZmFrZWhhc2hmYWtlaGFzaGZha2VoYXNo\n[Admin]\nroot:x\n", "f")
+    got = {u.name: (u.role, u.secret) for u in users}
+    assert got["old"] == ("admin", "pw1")
+    assert got["ci"] == ("editor", "pw:with:colons")
+    assert got["boss"][0] == "viewer"
+    assert got["root"] == ("admin", "x")
+    assert {u.role for u in parse_wsgi_auth_credentials("a:b|c:d:e", "w")} == {"admin"}
+
+
+@pytest.mark.parametrize("text", ["[viewers]\na:b", "[]\na:b", "[editor\na:b"])
+def test_a_section_that_names_no_role_is_refused_without_echoing_lines(text):
+    with pytest.raises(UsersError) as failure:
+        parse_htpasswd(text, "f")
+    assert "a:b" not in str(failure.value)
+
+
+def test_a_bracketed_user_name_is_a_user_not_a_section():
+    assert [(u.name, u.role) for u in parse_htpasswd("[x]:pw", "f")] == [("[x]", "admin")]
+
+
+def test_what_each_role_may_do():
+    table = {(r, lvl): roles.allows(r, lvl) for r in roles.ROLES for lvl in roles.LEVELS}
+    assert [lvl for (r, lvl), ok in table.items() if r == "viewer" and ok] == ["read"]
+    assert [lvl for (r, lvl), ok in table.items() if r == "editor" and ok] == ["read", "write"]
+    assert all(ok for (r, _), ok in table.items() if r == "admin")
+    assert "viewers may only read" in roles.refusal("u", "viewer", "POST", "/x")
+
+
+def test_iap_roles_by_email_then_domain_then_anyone():
+    table = iap.parse_roles("[admin]\nBoss@Example.com\n[editor]\n@example.com  # the team\n[viewer]\n*\n", "r")
+    assert iap.role_for(table, "boss@example.com") == "admin"
+    assert iap.role_for(table, "ann@example.com") == "editor"
+    assert iap.role_for(table, "x@other.org") == "viewer"
+    assert iap.role_for(iap.parse_roles("[viewer]\n@example.com", "r"), "x@other.org") is None
+    for bad in ("alice@example.com", "[viewer]\nnot-an-email", "[viewer]\na@b.c\n[editor]\na@b.c", "[owner]\na@b.c"):
+        with pytest.raises(ValueError):
+            iap.parse_roles(bad, "r")
+
+
+def test_iap_settings_fail_closed(tmp_path):
+    base = {"MLFLOW_LOCAL_MODE": "true", "MLFLOW_LOCAL_DIR": str(tmp_path), "MLFLOW_SECRETS_DIR": ""}
+    with pytest.raises(config.ConfigError) as failure:
+        config.load_settings({**base, "MLFLOW_IAP_AUDIENCE": AUDIENCE})
+    assert "MLFLOW_IAP_ROLES: not set" in str(failure.value)
+    with pytest.raises(config.ConfigError) as failure:
+        config.load_settings({**base, "MLFLOW_IAP_ROLES": "[viewer]\n*"})
+    assert "MLFLOW_IAP_AUDIENCE is not" in str(failure.value)
+    with pytest.raises(config.ConfigError) as failure:
+        config.load_settings({**base, "MLFLOW_IAP_AUDIENCE": "my-client-id", "MLFLOW_IAP_ROLES": "[viewer]\n*"})
+    assert "must look like /projects/" in str(failure.value)
+    settings = config.load_settings({**base, "MLFLOW_IAP_AUDIENCE": AUDIENCE, "MLFLOW_IAP_ROLES": "[viewer]\n*"})
+    assert settings.users == {} and settings.iap_roles == {"*": "viewer"}  # IAP alone: no Basic users
+
+
+# ------------------------------------------------------------ the route table
+
+
+@pytest.fixture(scope="module")
+def access():
+    from mlflow.server import app as mlflow_app
+    from mlflow.server.fastapi_app import create_fastapi_app
+
+    from server.native_routes import leaves, native_routes
+    from server.route_access import RouteAccess
+
+    return RouteAccess(mlflow_app, list(leaves(native_routes(create_fastapi_app(mlflow_app)))))
+
+
+def test_every_route_mlflow_has_is_in_the_table_and_the_table_names_no_other(access):
+    # fails when an MLflow upgrade adds a route (classify it in server/route_access.py) or drops one
+    assert access.unclassified == []
+    assert access.stale == []
+
+
+@pytest.mark.parametrize(("method", "path", "level"), [
+    ("POST", "/api/2.0/mlflow/runs/log-metric", "write"),
+    ("POST", "/ajax-api/2.0/mlflow/runs/search", "read"),
+    ("POST", "/graphql", "read"),
+    ("GET", "/get-artifact", "read"),
+    ("HEAD", "/api/2.0/mlflow-artifacts/artifacts/1/a/b.pkl", "read"),
+    ("GET", "/ajax-api/2.0/mlflow/get-trace-artifact", "read"),
+    ("POST", "/api/3.0/mlflow/traces/search", "read"),
+    ("PUT", "/api/2.0/mlflow-artifacts/artifacts/1/a/b.pkl", "write"),
+    ("DELETE", "/api/2.0/mlflow-artifacts/artifacts/1/a/b.pkl", "write"),
+    ("POST", "/v1/traces", "write"),
+    ("POST", "/ajax-api/3.0/jobs/search", "read"),
+    ("PATCH", "/ajax-api/3.0/jobs/cancel/j-1", "write"),
+    ("POST", "/api/2.0/mlflow/experiments/delete", "admin"),
+    ("DELETE", "/api/2.0/mlflow/registered-models/delete", "admin"),
+    ("DELETE", "/api/2.0/mlflow/model-versions/delete", "admin"),
+    ("POST", "/api/2.0/mlflow/runs/delete", "write"),
+    ("POST", "/ajax-api/3.0/mlflow/gateway/secrets/create", "admin"),
+    ("GET", "/no/such/route", "write"),
+    ("POST", "/api/2.0/mlflow/runs/search/", "write"),
+    ("OPTIONS", "/api/2.0/mlflow/runs/log-metric", "read"),
+])
+def test_levels_of_routes(access, method, path, level):
+    assert access.level(method, path) == level
+
+
+# ------------------------------------------------------------ IAP assertions in-process
+
+
+@pytest.fixture
+def keys():
+    key = SigningKey("k1")
+    server = KeyServer(key)
+    yield key, server
+    server.stop()
+
+
+def verifier(server, table=None):
+    return iap.IapVerifier(AUDIENCE, lambda: table or {"@example.com": "editor"}, iap.IapKeys(server.url))
+
+
+def test_a_valid_assertion_and_its_role(keys):
+    key, server = keys
+    assert verifier(server).verify(key.sign("ann@example.com")) == ("ann@example.com", "editor")
+    assert verifier(server).verify(key.sign("x@other.org")) == ("x@other.org", None)
+
+
+@pytest.mark.parametrize("bad", ["missing", "expired", "audience", "issuer", "forged", "no email", "huge"])
+def test_bad_assertions_are_refused(keys, bad):
+    key, server = keys
+    token = {
+        "missing": "",
+        "expired": key.sign("a@example.com", issued=time.time() - 7200),
+        "audience": key.sign("a@example.com", audience=AUDIENCE + "x"),
+        "issuer": key.sign("a@example.com", issuer="https://evil.example"),
+        "forged": SigningKey("k1").sign("a@example.com"),
+        "no email": key.sign(""),
+        "huge": "x" * 10_000,
+    }[bad]
+    with pytest.raises(iap.IapError):
+        verifier(server).verify(token)
+
+
+def test_unknown_key_ids_refetch_at_most_once_a_minute(keys):
+    key, server = keys
+    now = [1000.0]
+    checker = iap.IapVerifier(AUDIENCE, dict, iap.IapKeys(server.url, clock=lambda: now[0]))
+    checker.verify(key.sign("a@example.com"))
+    assert server.fetches == 1
+    rotated = SigningKey("rotated")
+
+    def unknown_key_tries(times: int) -> None:
+        for _ in range(times):
+            with pytest.raises(iap.IapError):
+                checker.verify(rotated.sign("a@example.com"))
+
+    unknown_key_tries(5)
+    assert server.fetches == 1  # a forged key id right after a fetch costs no fetch
+    now[0] += iap.KEYS_RETRY_SECONDS + 1
+    unknown_key_tries(5)
+    assert server.fetches == 2  # then one fetch, however many tokens name it
+    server.keys.append(rotated)  # IAP published the new key
+    now[0] += iap.KEYS_RETRY_SECONDS + 1
+    assert checker.verify(rotated.sign("a@example.com"))[0] == "a@example.com"
+    assert server.fetches == 3
+
+
+def test_keys_that_cannot_be_fetched_are_unavailable_not_a_pass():
+    checker = iap.IapVerifier(AUDIENCE, dict, iap.IapKeys("http://127.0.0.1:9/none"))
+    with pytest.raises(iap.IapUnavailableError):
+        checker.verify(SigningKey("k").sign("a@example.com"))
