@@ -279,7 +279,6 @@ def fastapi_routes():
         "assistant_providers": shape(http("GET", "/ajax-api/3.0/mlflow/assistant/providers")),
         "server_info": shape(http("GET", "/api/3.0/mlflow/server-info")),
         "otlp_get": http("GET", "/v1/traces").status_code,
-        "users_current": http("GET", "/ajax-api/2.0/mlflow/users/current").status_code,
     }
 
 

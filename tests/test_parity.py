@@ -2,8 +2,11 @@
 the stock client) run against stock ``mlflow server`` of the pinned version and against ours,
 both on PostgreSQL with artifacts in the GCS emulator. Every check must give the same result.
 
-The one deliberate difference: ours needs credentials, and without them every route but
-``/health`` answers 401 (asserted here for each route only MLflow's FastAPI app serves).
+The deliberate differences: ours needs credentials, and without them every route but
+``/health`` answers 401 (asserted here for each route only MLflow's FastAPI app serves); and
+ours answers the UI's ``users/current`` with the signed-in user and role, which stock answers
+404 without MLflow's auth app (tests/test_roles.py checks it). The session's user is an admin
+(listed before any [role] section), so roles and write-once change nothing here.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ import requests
 
 from tests.conftest import ALICE, BOB, IN_CI, OUTPUT, USERS_FILE
 from tests.services import ROOT, Server, free_port
+from tests.test_roles import EDITOR, VIEWER, VIEWER_HASH
 from tests.test_training_flow import run_script
 
 pytestmark = pytest.mark.browser
@@ -30,7 +31,8 @@ def ui_server(workdir, postgres, gcs):
     port = free_port()
     env = {**gcs.env(), "MLFLOW_PUBLIC_URL": f"http://{HOST}:{port}"}
     secrets = {"mlflow_backend_store_uri": postgres.create_database("mlflow_ui"),
-               "mlflow_artifacts_destination": f"gs://{gcs.bucket}/ui", "mlflow_auth_users": USERS_FILE}
+               "mlflow_artifacts_destination": f"gs://{gcs.bucket}/ui",
+               "mlflow_auth_users": f"{USERS_FILE}[editor]\n{':'.join(EDITOR)}\n[viewer]\n{VIEWER[0]}:{VIEWER_HASH}\n"}
     server = Server(workdir / "server-ui", env, secrets, port=port).start()
     data = run_script(server, ALICE, "train", "ui-model")
     yield server, data, f"http://{HOST}:{port}"
@@ -62,9 +64,6 @@ def browser():
 
 
 BENIGN_CONSOLE = ("ResizeObserver loop completed with undelivered notifications",)
-# Requests the UI makes that stock `mlflow server` answers 404 as well: `users/current` belongs
-# to MLflow's own basic-auth app, which neither serves (tests/test_parity.py checks the 404).
-STOCK_404 = ("/ajax-api/2.0/mlflow/users/current",)
 
 
 class Tab:
@@ -91,15 +90,13 @@ class Tab:
         # Chromium reports a layout pass that needed a second ResizeObserver round as an
         # error event; the UI re-logs it. It depends on timing only, not on the server.
         if message.type == "error" and not any(b in message.text for b in BENIGN_CONSOLE):
-            if "404" in message.text and (message.location or {}).get("url", "").endswith(STOCK_404):
-                return
             self.problems.append(f"console: {message.text[:300]}")
 
     def _response(self, response):
         self.responses.append((response.status, response.url))
         if response.request.resource_type == "document":
             self.documents.append(response)
-        if response.status >= 400 and not (response.status == 404 and response.url.endswith(STOCK_404)):
+        if response.status >= 400:
             self.problems.append(f"{response.status}: {response.url}")
 
     def open(self, url: str, wait_for_text: str | None = None, timeout: float = 30_000):
@@ -200,8 +197,9 @@ def test_experiments_list_loads_with_no_failed_request_or_console_error(ui_serve
     assert headers["referrer-policy"] == "same-origin" and headers["cache-control"] in ("no-cache", "no-store")
     assert "strict-transport-security" not in headers  # plain HTTP
     assert any("static-files" in url for _, url in t.responses)  # the UI really loaded
-    # the UI asks who is logged in (users/current) and, as on stock `mlflow server`, gets 404
-    assert any(status == 404 and url.endswith(STOCK_404) for status, url in t.responses)
+    # the UI asks who is signed in (users/current; stock `mlflow server` answers 404) and shows it
+    assert any(status == 200 and url.endswith("/users/current") for status, url in t.responses)
+    assert t.page.get_by_text(ALICE[0], exact=True).first.is_visible()
 
 
 def test_run_page_params_metrics_chart_and_artifacts(ui_server, tab):
@@ -276,3 +274,55 @@ def test_create_an_experiment_from_the_ui(ui_server, tab):
     # that 404 (and Chromium's console line for it) is the UI's design, the only one allowed.
     expected = [p for p in t.problems if "get-by-name" in p or "404 (NOT FOUND)" in p]
     assert len(expected) <= 2 and [p for p in t.problems if p not in expected] == []
+
+
+def _create_experiment(t: Tab, base: str, name: str):
+    t.open(base + "/#/experiments", wait_for_text="Default")
+    t.page.get_by_role("button", name="Create").first.click()
+    dialog = t.page.get_by_role("dialog")
+    dialog.get_by_role("textbox").first.fill(name)
+    dialog.get_by_role("button", name="Create").click()
+    return dialog
+
+
+def test_a_viewer_sees_their_name_and_a_write_is_refused_naming_the_role(ui_server, tab):
+    server, _, base = ui_server
+    t = tab(VIEWER)
+    dialog = _create_experiment(t, base, "viewer-wants-this")
+    dialog.get_by_text("role 'viewer'").first.wait_for(timeout=30_000)
+    assert "viewers may only read" in dialog.inner_text()
+    assert t.page.get_by_text(VIEWER[0], exact=True).first.is_visible()  # who is signed in
+    t.shot("11-viewer-refused")
+    # the refused create (403, and Chromium's console line for it) and the dialog's name check
+    # (get-by-name answers 404 for a free name, as in the create test above)
+    assert [p for p in t.problems if not any(s in p for s in ("experiments/create", "403", "get-by-name", "404"))] == []
+    r = requests.get(f"{server.url}/api/2.0/mlflow/experiments/get-by-name",
+                     params={"experiment_name": "viewer-wants-this"}, auth=ALICE, timeout=10)
+    assert r.status_code == 404
+
+
+def test_an_editor_creates_and_an_admin_deletes_an_experiment(ui_server, tab):
+    server, _, base = ui_server
+    t = tab(EDITOR)
+    _create_experiment(t, base, "editor-made-this")
+    t.page.get_by_text("editor-made-this").first.wait_for(timeout=30_000)
+    made = requests.get(f"{server.url}/api/2.0/mlflow/experiments/get-by-name",
+                        params={"experiment_name": "editor-made-this"}, auth=ALICE, timeout=10).json()
+    experiment_id = made["experiment"]["experiment_id"]
+
+    a = tab(ALICE)
+    a.open(base + "/#/experiments", wait_for_text="editor-made-this")
+    row = a.page.get_by_role("row").filter(has_text="editor-made-this")
+    row.get_by_role("checkbox").first.check()
+    a.page.get_by_role("button", name="Delete").first.click()
+    a.page.get_by_role("dialog").get_by_role("button", name="Delete").click()
+    wait = time.monotonic() + 30
+    while time.monotonic() < wait:
+        got = requests.get(f"{server.url}/api/2.0/mlflow/experiments/get", params={"experiment_id": experiment_id},
+                           auth=ALICE, timeout=10).json()
+        if got["experiment"]["lifecycle_stage"] == "deleted":
+            break
+        time.sleep(0.5)
+    assert got["experiment"]["lifecycle_stage"] == "deleted"
+    expected = ("get-by-name", "404 (NOT FOUND)")  # the create dialog's name check, as above
+    assert [p for p in t.problems + a.problems if not any(s in p for s in expected)] == []
