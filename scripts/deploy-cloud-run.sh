@@ -9,7 +9,8 @@
 #
 # Settings (repository variables, docs/deploy.md): GCP_PROJECT, GCP_PROJECT_NUMBER, GCP_REGION,
 # CLOUD_RUN_SERVICE, CLOUDSQL_INSTANCE, GCP_RUNTIME_SA, and optionally MLFLOW_PUBLIC_URL (a
-# custom domain). The smoke-test password is read from Secret Manager and never leaves this
+# custom domain) and MLFLOW_IAP=on (Google sign-in through Cloud Run's own IAP; the roles come
+# from the mlflow-iap-roles secret). The smoke-test password is read from Secret Manager and never leaves this
 # process except on curl's standard input.
 set -Eeuo pipefail
 
@@ -94,12 +95,21 @@ deploy_candidate() { # IMAGE@sha256:DIGEST
 	# older revisions keep none. CPU stays allocated so MLflow's job runner works between
 	# requests. The first instance of a new revision migrates the schema under the server's
 	# Postgres advisory lock.
+	local secrets="/secrets/backend/uri=mlflow-backend-store-uri:latest,/secrets/artifacts/destination=mlflow-artifacts-destination:latest,/secrets/users/htpasswd=mlflow-auth-users:latest"
+	local env="MLFLOW_BACKEND_STORE_URI_FILE=/secrets/backend/uri|MLFLOW_ARTIFACTS_DESTINATION_FILE=/secrets/artifacts/destination|MLFLOW_AUTH_USERS_FILE=/secrets/users/htpasswd|MLFLOW_PUBLIC_URL=$urls|MLFLOW_SERVER_ALLOWED_HOSTS=$(tag_host_patterns "$urls")|FORWARDED_ALLOW_IPS=*|MLFLOW_HTTP2_CLEARTEXT=both|MLFLOW_TRUSTED_PROXY_HOPS=1|MLFLOW_WORKERS=2|MLFLOW_THREADS=8|MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=4"
+	local iap=()
+	if iap_on; then
+		# Cloud Run's own IAP signs each request it lets through for this audience
+		secrets+=",/secrets/iap/roles=mlflow-iap-roles:latest"
+		env+="|MLFLOW_IAP_AUDIENCE=/projects/$PROJECT_NUMBER/locations/$REGION/services/$SERVICE|MLFLOW_IAP_ROLES_FILE=/secrets/iap/roles"
+		iap=(--iap)
+	fi
 	g run deploy "$SERVICE" --region "$REGION" \
 		--image "$image" \
 		--service-account "$GCP_RUNTIME_SA" \
 		--set-cloudsql-instances "$CLOUDSQL_INSTANCE" \
-		--set-secrets "/secrets/backend/uri=mlflow-backend-store-uri:latest,/secrets/artifacts/destination=mlflow-artifacts-destination:latest,/secrets/users/htpasswd=mlflow-auth-users:latest" \
-		--set-env-vars "^|^MLFLOW_BACKEND_STORE_URI_FILE=/secrets/backend/uri|MLFLOW_ARTIFACTS_DESTINATION_FILE=/secrets/artifacts/destination|MLFLOW_AUTH_USERS_FILE=/secrets/users/htpasswd|MLFLOW_PUBLIC_URL=$urls|MLFLOW_SERVER_ALLOWED_HOSTS=$(tag_host_patterns "$urls")|FORWARDED_ALLOW_IPS=*|MLFLOW_HTTP2_CLEARTEXT=both|MLFLOW_TRUSTED_PROXY_HOPS=1|MLFLOW_WORKERS=2|MLFLOW_THREADS=8|MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=4" \
+		--set-secrets "$secrets" \
+		--set-env-vars "^|^$env" "${iap[@]}" \
 		--execution-environment gen2 \
 		--cpu 2 --memory 2Gi --cpu-boost --no-cpu-throttling \
 		--concurrency 16 --min 1 --max 3 --max-instances 3 \
@@ -111,10 +121,20 @@ deploy_candidate() { # IMAGE@sha256:DIGEST
 	say "candidate: $(candidate revisionName) at $(candidate url)"
 }
 
+iap_on() { [ "${MLFLOW_IAP:-off}" = on ]; }
+
 smoke_test() {
 	local url password code
 	url=$(candidate url)
 	[ -n "$url" ] || die "the service has no revision tagged $CANDIDATE_TAG"
+	if iap_on; then
+		# IAP answers before the server: without a Google identity nothing gets through. (The
+		# revision itself passed Cloud Run's start-up probe, or the deploy would have failed.)
+		code=$(curl --silent --output /dev/null --write-out '%{http_code}' "$url/api/2.0/mlflow/experiments/search")
+		case $code in 200 | 5*) die "with IAP on, an anonymous call got $code" ;; esac
+		say "smoke test passed (IAP in front: an anonymous call got $code)"
+		return
+	fi
 	password=$(g secrets versions access latest --secret "$SMOKE_SECRET")
 	if [ -n "${GITHUB_ACTIONS:-}" ]; then echo "::add-mask::$password"; fi
 	say "smoke test of $url"
