@@ -150,20 +150,31 @@ ensure_smoke_password() {
 }
 
 # The users secret holds 'admin' and the smoke-test user; the smoke-test line is kept equal to
-# the password the deploy reads, whatever else the team changes in the file.
+# the password the deploy reads, whatever else the team changes in the file, and stays last,
+# under its own [viewer] line: the smoke test only reads, so its password can change nothing.
 ensure_users() {
 	ensure_secret_resource "$SECRET_USERS"
 	local smoke users
 	smoke=$(read_secret "$SECRET_SMOKE")
 	if ! has_version "$SECRET_USERS"; then
 		say "generating the users 'admin' and '$SMOKE_USER'"
-		printf 'admin:%s\n%s:%s\n' "$(random_password)" "$SMOKE_USER" "$smoke" | add_version "$SECRET_USERS"
+		printf 'admin:%s\n[viewer]\n%s:%s\n' "$(random_password)" "$SMOKE_USER" "$smoke" | add_version "$SECRET_USERS"
 		return
 	fi
+	local wanted
 	users=$(read_secret "$SECRET_USERS")
-	grep -qxF "$SMOKE_USER:$smoke" <<<"$users" && return
+	wanted=$(users_with_smoke_line "$users" "$smoke")
+	[ "$users" = "$wanted" ] && return
 	say "setting the $SMOKE_USER line of $SECRET_USERS"
-	{ grep -v "^$SMOKE_USER:" <<<"$users" || true; printf '%s:%s\n' "$SMOKE_USER" "$smoke"; } | add_version "$SECRET_USERS"
+	printf '%s\n' "$wanted" | add_version "$SECRET_USERS"
+}
+
+users_with_smoke_line() { # USERS SMOKE_PASSWORD: the file with the smoke line last, as a viewer
+	local rest
+	rest=$(grep -v "^$SMOKE_USER:" <<<"$1" || true)
+	rest=$(sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' <<<"$rest")  # no trailing blank lines
+	[ "$(tail -n 1 <<<"$rest")" = "[viewer]" ] && rest=$(sed '$d' <<<"$rest")
+	printf '%s\n[viewer]\n%s:%s' "$rest" "$SMOKE_USER" "$2"
 }
 
 ensure_artifacts_destination() {

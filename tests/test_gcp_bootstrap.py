@@ -45,7 +45,7 @@ def generated_secrets(state: dict) -> list[str]:
     backend = state["secrets"]["mlflow-backend-store-uri"][-1]
     users = state["secrets"]["mlflow-auth-users"][-1]
     found = [backend.split(":")[2].split("@")[0], state["secrets"]["mlflow-smoke-test-password"][-1]]
-    found += [line.split(":", 1)[1] for line in users.splitlines()]
+    found += [line.split(":", 1)[1] for line in users.splitlines() if ":" in line]  # not [role] lines
     return found
 
 
@@ -60,6 +60,7 @@ def consistent(state: dict) -> dict:
     assert re.fullmatch(r"[A-Za-z0-9]{32}", smoke)
     users = secrets["mlflow-auth-users"][-1].splitlines()
     assert f"smoke-test:{smoke}" in users and any(line.startswith("admin:") for line in users)
+    assert users.index("[viewer]") == users.index(f"smoke-test:{smoke}") - 1
     assert secrets["mlflow-artifacts-destination"][-1] == "gs://proj-1-mlflow-artifacts/artifacts"
     return {"created": sorted(state["created"]), "secrets with a version": sorted(k for k, v in secrets.items() if v),
             "bindings": sorted(map(tuple, state["bindings"])), "instance": state["instance"],
@@ -195,7 +196,10 @@ def test_users_secret_keeps_the_teams_lines_and_gets_the_smoke_test_line_back(pr
     assert run.returncode == 0, run.stderr
     users = project.state["secrets"]["mlflow-auth-users"][-1].splitlines()
     smoke = project.state["secrets"]["mlflow-smoke-test-password"][-1]
-    assert users == [hashed, "bob:bob-pw", f"smoke-test:{smoke}"]
+    # the smoke-test user is a viewer: its password, which the deployer reads, can change nothing
+    assert users == [hashed, "bob:bob-pw", "[viewer]", f"smoke-test:{smoke}"]
+    assert project.bootstrap("--yes").returncode == 0
+    assert project.state["secrets"]["mlflow-auth-users"][-1].splitlines() == users  # converged: no new version
 
 
 def test_rotating_the_database_password(project):

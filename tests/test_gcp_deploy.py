@@ -194,7 +194,8 @@ def test_every_gcloud_command_in_the_deploy_guide_is_valid(tmp_path):
     # interactive sign-in, and the beta component the offline SDK does not carry
     checked = [c for c in commands if c[:2] != ["auth", "login"] and c[0] != "beta"]
     assert len(checked) >= 20
-    (tmp_path / "users.txt").write_text("admin:a-new-password\n")  # the file the guide adds as a version
+    (tmp_path / "users.txt").write_text("admin:a-new-password\n")  # the files the guide adds as versions
+    (tmp_path / "iap-roles.txt").write_text("[viewer]\n*\n")
     for answer in real_gcloud({"mode": "parse", "commands": checked}, tmp_path):
         valid = answer["code"] == 1 and "do not currently have an active account" in answer["error"]
         assert valid or (answer["argv"][0] == "config" and answer["code"] == 0), answer
