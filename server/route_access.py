@@ -375,7 +375,9 @@ class RouteAccess:
         try:
             rule, _ = self._adapter.match(path, method, return_rule=True)
         except RequestRedirect:
-            return READ  # a redirect to the canonical path; the request that follows is judged
+            # Flask answers with a redirect to the canonical path (``//x``, a missing slash) and
+            # runs no view; the request that follows is judged. Only a GET passes for a viewer.
+            return READ if method == "GET" else WRITE
         except HTTPException:
             return WRITE  # no such route (404, 405): unknown, so a write
         return self._by_rule.get((method, rule.rule), WRITE)

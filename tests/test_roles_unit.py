@@ -110,6 +110,9 @@ def test_every_route_mlflow_has_is_in_the_table_and_the_table_names_no_other(acc
     ("GET", "/no/such/route", "write"),
     ("POST", "/api/2.0/mlflow/runs/search/", "write"),
     ("OPTIONS", "/api/2.0/mlflow/runs/log-metric", "read"),
+    ("POST", "/api//2.0/mlflow/experiments/search", "write"),  # Flask would redirect; not a read
+    ("POST", "//api/2.0/mlflow/experiments/create", "write"),  # Flask serves it as the route itself
+    ("GET", "/api//2.0/mlflow/experiments/search", "read"),
 ])
 def test_levels_of_routes(access, method, path, level):
     assert access.level(method, path) == level
@@ -180,3 +183,45 @@ def test_keys_that_cannot_be_fetched_are_unavailable_not_a_pass():
     checker = iap.IapVerifier(AUDIENCE, dict, iap.IapKeys("http://127.0.0.1:9/none"))
     with pytest.raises(iap.IapUnavailableError):
         checker.verify(SigningKey("k").sign("a@example.com"))
+
+
+# ------------------------------------------------------------ write-once and the UI's account answers
+
+
+def test_the_forms_a_model_version_may_record_its_folder_in():
+    from server.write_once import ancestors, location_forms
+
+    assert ancestors("1/models/m-1/artifacts/MLmodel") == [
+        "1", "1/models", "1/models/m-1", "1/models/m-1/artifacts", "1/models/m-1/artifacts/MLmodel"]
+    forms = location_forms("1/models/m-1/artifacts", "gs://bucket/prefix/")
+    assert "mlflow-artifacts:/1/models/m-1/artifacts" in forms  # what this server hands out
+    assert "gs://bucket/prefix/1/models/m-1/artifacts" in forms  # the bucket's own URI
+    assert all(f.endswith(("artifacts", "artifacts/")) for f in forms)
+
+
+def test_local_and_listing_repositories_tell_what_exists(tmp_path):
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    from server.write_once import exists
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "f.txt").write_text("x")
+    repo = LocalArtifactRepository(str(tmp_path))
+    assert exists(repo, "a/b/f.txt") and exists(repo, "a/b") and not exists(repo, "a/b/g.txt")
+
+    class Listing:  # a repository known only by its listing
+        def list_artifacts(self, path):
+            return repo.list_artifacts(path)
+
+    assert exists(Listing(), "a/b/f.txt") and not exists(Listing(), "a/b/g.txt")
+
+
+def test_the_ui_gets_the_role_as_permissions():
+    from server import account
+
+    assert account.permissions("viewer")["permissions"][0]["permission"] == "READ"
+    assert account.permissions("editor")["permissions"][0]["permission"] == "EDIT"
+    assert account.permissions("admin") == {"is_admin": True, "permissions": [
+        {"resource_type": "experiment", "resource_pattern": "*", "permission": "MANAGE", "workspace": "default"}]}
+    # MLflow's user-management pages stay off: users live in the users secret here
+    assert account.current_user("ann", "admin", "basic")["user"]["is_admin"] is False
