@@ -9,8 +9,8 @@
 #
 # Settings (repository variables, docs/deploy.md): GCP_PROJECT, GCP_PROJECT_NUMBER, GCP_REGION,
 # CLOUD_RUN_SERVICE, CLOUDSQL_INSTANCE, GCP_RUNTIME_SA, and optionally MLFLOW_PUBLIC_URL (a
-# custom domain) and MLFLOW_IAP=on (Google sign-in through Cloud Run's own IAP; the roles come
-# from the mlflow-iap-roles secret). The smoke-test password is read from Secret Manager and never leaves this
+# custom domain) and MLFLOW_IAP=on (Google sign-in through Cloud Run's own IAP, which an
+# operator turns on once; the roles come from the mlflow-iap-roles secret). The smoke-test password is read from Secret Manager and never leaves this
 # process except on curl's standard input.
 set -Eeuo pipefail
 
@@ -82,7 +82,7 @@ stale_tags() {
 # ---------------------------------------------------------------- the three steps
 
 deploy_candidate() { # IMAGE@sha256:DIGEST
-	local image=$1 url urls
+	local image=$1 url urls secrets env
 	[[ $image =~ @sha256:[0-9a-f]{64}$ ]] || die "deploy an image by digest (IMAGE@sha256:...), not $image"
 	: "${CLOUDSQL_INSTANCE:?set CLOUDSQL_INSTANCE}" "${GCP_RUNTIME_SA:?set GCP_RUNTIME_SA}"
 	url=$(status_url)
@@ -95,21 +95,20 @@ deploy_candidate() { # IMAGE@sha256:DIGEST
 	# older revisions keep none. CPU stays allocated so MLflow's job runner works between
 	# requests. The first instance of a new revision migrates the schema under the server's
 	# Postgres advisory lock.
-	local secrets="/secrets/backend/uri=mlflow-backend-store-uri:latest,/secrets/artifacts/destination=mlflow-artifacts-destination:latest,/secrets/users/htpasswd=mlflow-auth-users:latest"
-	local env="MLFLOW_BACKEND_STORE_URI_FILE=/secrets/backend/uri|MLFLOW_ARTIFACTS_DESTINATION_FILE=/secrets/artifacts/destination|MLFLOW_AUTH_USERS_FILE=/secrets/users/htpasswd|MLFLOW_PUBLIC_URL=$urls|MLFLOW_SERVER_ALLOWED_HOSTS=$(tag_host_patterns "$urls")|FORWARDED_ALLOW_IPS=*|MLFLOW_HTTP2_CLEARTEXT=both|MLFLOW_TRUSTED_PROXY_HOPS=1|MLFLOW_WORKERS=2|MLFLOW_THREADS=8|MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=4"
-	local iap=()
+	secrets="/secrets/backend/uri=mlflow-backend-store-uri:latest,/secrets/artifacts/destination=mlflow-artifacts-destination:latest,/secrets/users/htpasswd=mlflow-auth-users:latest"
+	env="MLFLOW_BACKEND_STORE_URI_FILE=/secrets/backend/uri|MLFLOW_ARTIFACTS_DESTINATION_FILE=/secrets/artifacts/destination|MLFLOW_AUTH_USERS_FILE=/secrets/users/htpasswd|MLFLOW_PUBLIC_URL=$urls|MLFLOW_SERVER_ALLOWED_HOSTS=$(tag_host_patterns "$urls")|FORWARDED_ALLOW_IPS=*|MLFLOW_HTTP2_CLEARTEXT=both|MLFLOW_TRUSTED_PROXY_HOPS=1|MLFLOW_WORKERS=2|MLFLOW_THREADS=8|MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=4"
 	if iap_on; then
-		# Cloud Run's own IAP signs each request it lets through for this audience
+		# Cloud Run's own IAP (turned on once by an operator, docs/deploy.md: a deploy keeps it)
+		# signs each request it lets through for this audience
 		secrets+=",/secrets/iap/roles=mlflow-iap-roles:latest"
 		env+="|MLFLOW_IAP_AUDIENCE=/projects/$PROJECT_NUMBER/locations/$REGION/services/$SERVICE|MLFLOW_IAP_ROLES_FILE=/secrets/iap/roles"
-		iap=(--iap)
 	fi
 	g run deploy "$SERVICE" --region "$REGION" \
 		--image "$image" \
 		--service-account "$GCP_RUNTIME_SA" \
 		--set-cloudsql-instances "$CLOUDSQL_INSTANCE" \
 		--set-secrets "$secrets" \
-		--set-env-vars "^|^$env" "${iap[@]}" \
+		--set-env-vars "^|^$env" \
 		--execution-environment gen2 \
 		--cpu 2 --memory 2Gi --cpu-boost --no-cpu-throttling \
 		--concurrency 16 --min 1 --max 3 --max-instances 3 \
