@@ -14,7 +14,7 @@ import requests
 
 from tests.conftest import ALICE, USERS_FILE
 from tests.iap_tokens import AUDIENCE, KeyServer, SigningKey
-from tests.services import Server
+from tests.services import Server, wait_for
 
 ROLES = """
 [admin]
@@ -123,3 +123,23 @@ def test_keys_are_fetched_once_not_per_request(iap):
         assert as_(server, key.sign("reviewer@example.com")).status_code == 200
     # at most one fetch per worker (on its first IAP request), none per request
     assert keys.fetches - before <= 2
+
+
+def test_a_new_role_takes_effect_when_the_iap_roles_secret_changes(iap):
+    server, key, _ = iap
+    newcomer = key.sign("newcomer@elsewhere.example")
+    assert as_(server, newcomer).status_code == 403
+    server.write_secret("mlflow_iap_roles", ROLES + "[editor]\nnewcomer@elsewhere.example\n")
+    try:
+        wait_for(lambda: create(server, newcomer).status_code == 200, 20, "the newcomer made an editor")
+    finally:
+        server.write_secret("mlflow_iap_roles", ROLES)
+    wait_for(lambda: as_(server, newcomer).status_code == 403, 20, "the newcomer without a role again")
+    # a broken roles file is refused: the last good roles stay in force
+    server.write_secret("mlflow_iap_roles", "[owners]\nnewcomer@elsewhere.example\n")
+    try:
+        time.sleep(3)
+        assert create(server, key.sign("someone@ml.example.com")).status_code == 200
+        assert "IAP roles secret changed but cannot be used" in server.logs()
+    finally:
+        server.write_secret("mlflow_iap_roles", ROLES)
