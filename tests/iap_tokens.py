@@ -4,13 +4,14 @@ signed with it (or with another key, for forgeries)."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.services import send_json
 
 ISSUER = "https://cloud.google.com/iap"
 AUDIENCE = "/projects/123456789012/locations/europe-west1/services/mlflow"
@@ -50,12 +51,7 @@ class KeyServer:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 outer.fetches += 1
-                body = json.dumps({k.key_id: k.public_pem for k in outer.keys}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send_json(self, 200, {k.key_id: k.public_pem for k in outer.keys})
 
             def log_message(self, *args):
                 pass

@@ -273,6 +273,16 @@ class S3Server:
 # ---------------------------------------------------------------- Secret Manager stand-in
 
 
+def send_json(handler: BaseHTTPRequestHandler, status: int, payload) -> None:
+    """Answer a stand-in's request with ``payload`` as JSON."""
+    body = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class SecretManagerStandIn:
     """Serves Secret Manager's REST ``versions:access`` call from a dict, like the real API."""
 
@@ -288,17 +298,11 @@ class SecretManagerStandIn:
                 prefix, suffix = "/v1/", ":access"
                 name = path[len(prefix):-len(suffix)] if path.startswith(prefix) and path.endswith(suffix) else None
                 if name is None or name not in stand_in.secrets:
-                    body = json.dumps({"error": {"code": 404, "status": "NOT_FOUND",
-                                                 "message": f"Secret [{name}] not found"}}).encode()
-                    self.send_response(404)
+                    send_json(self, 404, {"error": {"code": 404, "status": "NOT_FOUND",
+                                                    "message": f"Secret [{name}] not found"}})
                 else:
                     data = base64.b64encode(stand_in.secrets[name].encode()).decode()
-                    body = json.dumps({"name": name, "payload": {"data": data}}).encode()
-                    self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    send_json(self, 200, {"name": name, "payload": {"data": data}})
 
             def log_message(self, *args):
                 pass
