@@ -292,25 +292,22 @@ class BasicAuthMiddleware:
         if self._is_open(environ):
             environ[DECISION] = "open"
             return self.app(environ, start_response)
+        if (internal := self._internal_user(environ)) is not None:
+            return self._let_in(environ, start_response, internal, roles.ADMIN, "internal")
         if self._iap is not None:
             assertion = environ.get(IAP_HEADER)
             if assertion or not self._current().table:
                 return self._iap_request(environ, start_response, assertion)
-        client = environ.get("REMOTE_ADDR") or "-"
-        user, role = self._internal_user(environ), roles.ADMIN
-        wait = 0
-        if user is None:
-            user, wait = self.verify(environ.get("HTTP_AUTHORIZATION"), client)
-            found = self._current().table.get(user) if user is not None else None
-            user, role = (found.name, found.role) if found is not None else (None, None)
-        if user is None:
+        user, wait = self.verify(environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR") or "-")
+        found = self._current().table.get(user) if user is not None else None
+        if found is None:
             # the body of a refused request is not read: the connection closes after the answer
             environ["server.close_connection"] = True
             environ[DECISION] = "throttled" if wait else "unauthenticated"
             if wait:
                 return self._refuse(start_response, wait)
             return self._challenge_response(start_response)
-        return self._let_in(environ, start_response, user, role, "basic")
+        return self._let_in(environ, start_response, found.name, found.role, "basic")
 
     def _let_in(self, environ: dict, start_response: Callable, user: str, role: str, sign_in: str):
         environ["REMOTE_USER"] = user

@@ -225,3 +225,35 @@ def test_the_ui_gets_the_role_as_permissions():
         {"resource_type": "experiment", "resource_pattern": "*", "permission": "MANAGE", "workspace": "default"}]}
     # MLflow's user-management pages stay off: users live in the users secret here
     assert account.current_user("ann", "admin", "basic")["user"]["is_admin"] is False
+
+
+def test_with_iap_alone_only_assertions_and_the_job_runner_get_in(keys):
+    import base64
+
+    from server.auth import BasicAuthMiddleware
+
+    key, server = keys
+    seen = []
+
+    def app(environ, start_response):
+        seen.append((environ["REMOTE_USER"], environ["mlflow_server.role"]))
+        start_response("200 OK", [])
+        return [b"in"]
+
+    gate = BasicAuthMiddleware(app, users=dict, iap=verifier(server), internal=("job-runner", "s3cret-job"))
+
+    def status(headers: dict, peer: str = "127.0.0.1") -> str:
+        got = []
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/api/2.0/mlflow/experiments/search",
+                   "REMOTE_ADDR": peer, **headers}
+        gate(environ, lambda s, h: got.append(s))
+        return got[0]
+
+    job = {"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"job-runner:s3cret-job").decode()}
+    assert status(job) == "200 OK" and seen[-1] == ("job-runner", "admin")
+    assert status(job, peer="10.0.0.7").startswith("401")  # the job runner's credential is loopback-only
+    assert status({}).startswith("401")
+    assert status({"HTTP_AUTHORIZATION": "Basic " + base64.b64encode(b"admin:admin").decode()}).startswith("401")
+    assert status({"HTTP_X_GOOG_IAP_JWT_ASSERTION": key.sign("ann@example.com")}) == "200 OK"
+    assert seen[-1] == ("ann@example.com", "editor")
+    assert status({"HTTP_X_GOOG_IAP_JWT_ASSERTION": key.sign("x@other.org")}).startswith("403")
