@@ -326,3 +326,18 @@ def test_an_editor_creates_and_an_admin_deletes_an_experiment(ui_server, tab):
     assert got["experiment"]["lifecycle_stage"] == "deleted"
     expected = ("get-by-name", "404 (NOT FOUND)")  # the create dialog's name check, as above
     assert [p for p in t.problems + a.problems if not any(s in p for s in expected)] == []
+
+
+def test_the_review_page_hides_queue_creation_from_a_viewer(ui_server, tab):
+    """Where MLflow's UI asks for permissions (users/current/permissions), the role shows: the
+    review page's queue list offers "New queue" to an editor, not to a viewer."""
+    _, data, base = ui_server
+    url = f"{base}/#/experiments/{data['experiment_id']}/review-queue"
+    buttons = {}
+    for user in (EDITOR, VIEWER):
+        t = tab(user)
+        t.open(url, wait_for_text="Set up human review")
+        buttons[user[0]] = t.page.get_by_role("button", name="New queue").count()
+        t.shot(f"12-review-{user[0]}")
+        assert t.problems == []
+    assert buttons == {EDITOR[0]: 2, VIEWER[0]: 1}  # the list's own button, and the empty page's
