@@ -9,6 +9,7 @@
 #   scripts/gcp-bootstrap.sh            # prints the plan and asks
 #   scripts/gcp-bootstrap.sh --yes      # no prompt
 #   scripts/gcp-bootstrap.sh --rotate-database-password
+#   IAP_ADMIN=you@example.com scripts/gcp-bootstrap.sh --iap   # Google sign-in through IAP too
 #
 # Names come from these variables (defaults in brackets):
 #   GCP_PROJECT (required)   GITHUB_REPOSITORY (required, owner/repo allowed to deploy)
@@ -20,6 +21,7 @@
 #   RUNTIME_SA_NAME [mlflow-runtime]   DEPLOYER_SA_NAME [mlflow-deployer]
 #   WIF_POOL [github]                  WIF_PROVIDER [github-oidc]     DEPLOY_BRANCH [main]
 #   KEEP_IMAGES [20] (the Artifact Registry cleanup policy keeps this many recent images)
+#   IAP_ADMIN (with --iap: the Google account that gets in first, as the server's admin)
 #
 # Secrets never pass through an argument list, a log or the terminal: generated passwords go to
 # Secret Manager on standard input, and the database password reaches Cloud SQL in a request
@@ -61,6 +63,10 @@ read_names() {
 	SECRET_USERS=mlflow-auth-users
 	SECRET_SMOKE=mlflow-smoke-test-password
 	SMOKE_USER="smoke-test"
+	SECRET_IAP_ROLES=mlflow-iap-roles
+	if [ -n "${WITH_IAP:-}" ]; then
+		[[ ${IAP_ADMIN:-} =~ ^[^@[:space:]]+@[^@[:space:]]+$ ]] || die "--iap needs IAP_ADMIN=you@example.com"
+	fi
 }
 
 g() { gcloud --project "$GCP_PROJECT" --quiet "$@"; }
@@ -87,6 +93,13 @@ gcp-bootstrap will make sure these exist in project $GCP_PROJECT (region $REGION
                                           repository id $GITHUB_REPOSITORY_ID ($GITHUB_REPOSITORY), its
                                           deploy workflow on refs/heads/$DEPLOY_BRANCH, environment production
 PLAN
+	if [ -n "${WITH_IAP:-}" ]; then
+		cat >&2 <<PLAN
+  - IAP on the Cloud Run service          $SERVICE (Google sign-in); $IAP_ADMIN may pass it
+                                          (roles/iap.httpsResourceAccessor) and is the server's admin
+  - secret                                $SECRET_IAP_ROLES ([admin] $IAP_ADMIN when it is new; the team's after)
+PLAN
+	fi
 }
 
 confirm() {
@@ -99,7 +112,7 @@ confirm() {
 enable_apis() {
 	g services enable run.googleapis.com artifactregistry.googleapis.com sqladmin.googleapis.com \
 		secretmanager.googleapis.com iam.googleapis.com iamcredentials.googleapis.com sts.googleapis.com \
-		storage.googleapis.com
+		storage.googleapis.com ${WITH_IAP:+iap.googleapis.com}
 }
 
 ensure_repository() {
@@ -167,6 +180,15 @@ ensure_users() {
 	[ "$users" = "$wanted" ] && return
 	say "setting the $SMOKE_USER line of $SECRET_USERS"
 	printf '%s\n' "$wanted" | add_version "$SECRET_USERS"
+}
+
+# The IAP roles (server/iap.py) start with IAP_ADMIN as the one admin; after that the file is the
+# team's (docs/deploy.md, "Google sign-in (IAP)"), never rewritten here.
+ensure_iap_roles() {
+	ensure_secret_resource "$SECRET_IAP_ROLES"
+	has_version "$SECRET_IAP_ROLES" && return
+	say "starting $SECRET_IAP_ROLES with $IAP_ADMIN as its admin"
+	printf '[admin]\n%s\n' "$IAP_ADMIN" | add_version "$SECRET_IAP_ROLES"
 }
 
 users_with_smoke_line() { # USERS SMOKE_PASSWORD: the file with the smoke line last, as a viewer
@@ -265,7 +287,7 @@ bind_roles() {
 	g storage buckets add-iam-policy-binding "gs://$BUCKET" --member "serviceAccount:$RUNTIME_SA" \
 		--role roles/storage.objectAdmin >/dev/null
 	local secret
-	for secret in "$SECRET_BACKEND" "$SECRET_ARTIFACTS" "$SECRET_USERS"; do
+	for secret in "$SECRET_BACKEND" "$SECRET_ARTIFACTS" "$SECRET_USERS" ${WITH_IAP:+"$SECRET_IAP_ROLES"}; do
 		g secrets add-iam-policy-binding "$secret" --member "serviceAccount:$RUNTIME_SA" \
 			--role roles/secretmanager.secretAccessor >/dev/null
 	done
@@ -293,6 +315,16 @@ ensure_service() {
 		return
 	fi
 	g run services update "$SERVICE" --region "$REGION" --no-invoker-iam-check >/dev/null
+}
+
+# Cloud Run's own IAP in front of the service. Turning it on takes run.admin (this operator's,
+# not the deployer's), and every deploy keeps it. The service's invoker IAM check is off (above),
+# so IAP's service agent needs no run.invoker binding; IAP itself lets in only the accounts with
+# roles/iap.httpsResourceAccessor.
+ensure_iap() {
+	g run services update "$SERVICE" --region "$REGION" --iap >/dev/null
+	g iap web add-iam-policy-binding --region "$REGION" --resource-type cloud-run --service "$SERVICE" \
+		--member "user:$IAP_ADMIN" --role roles/iap.httpsResourceAccessor >/dev/null
 }
 
 wif_condition() {
@@ -332,6 +364,7 @@ print_variables() {
 	local name value
 	printf 'Done. Set the GitHub repository variables (names, not secrets) with the GitHub CLI:\n'
 	while read -r name value; do
+		[ -n "$name" ] || continue
 		printf '  gh variable set %s --repo %s --body %s\n' "$name" "$GITHUB_REPOSITORY" "$value"
 	done <<VARS
 GCP_PROJECT $GCP_PROJECT
@@ -343,6 +376,7 @@ CLOUDSQL_INSTANCE $GCP_PROJECT:$REGION:$SQL_INSTANCE
 GCP_WIF_PROVIDER $POOL_NAME/providers/$WIF_PROVIDER
 GCP_DEPLOYER_SA $DEPLOYER_SA
 GCP_RUNTIME_SA $RUNTIME_SA
+${WITH_IAP:+MLFLOW_IAP on}
 VARS
 }
 
@@ -351,7 +385,8 @@ _main() {
 		case "$arg" in
 		--yes | -y) ASSUME_YES=1 ;;
 		--rotate-database-password) ROTATE_DB_PASSWORD=1 ;;
-		-h | --help) sed -n '2,27p' "$0"; exit 0 ;;
+		--iap) WITH_IAP=1 ;;
+		-h | --help) sed -n '2,29p' "$0"; exit 0 ;;
 		*) die "unknown argument $arg" ;;
 		esac
 	done
@@ -365,12 +400,14 @@ _main() {
 	ensure_bucket
 	ensure_smoke_password
 	ensure_users
+	if [ -n "${WITH_IAP:-}" ]; then ensure_iap_roles; fi
 	ensure_artifacts_destination
 	ensure_database
 	ensure_service_account "$RUNTIME_SA" "MLflow server (Cloud Run runtime)"
 	ensure_service_account "$DEPLOYER_SA" "MLflow deployer (GitHub Actions)"
 	bind_roles
 	ensure_service
+	if [ -n "${WITH_IAP:-}" ]; then ensure_iap; fi
 	ensure_workload_identity
 	print_variables
 }

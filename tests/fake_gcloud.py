@@ -75,6 +75,8 @@ def gcloud(args: list[str], stdin: str | None) -> int:
     verb = words[at]
     group = " ".join(w for w in words[:at] if not w.startswith("-"))
     name = words[at + 1] if at + 1 < len(words) else ""
+    if group == "iap web":  # the resource is named by flags
+        name = f"{flag(words, '--resource-type')}/{flag(words, '--service')}"
     if group == "iam service-accounts" and verb != "add-iam-policy-binding" and "@" not in name:
         name = f"{name}@{project}.iam.gserviceaccount.com"
     key = f"{group} {name}"
@@ -112,6 +114,8 @@ def gcloud(args: list[str], stdin: str | None) -> int:
             return 1
         if "--no-invoker-iam-check" in words:
             state["service"]["invoker_iam_disabled"] = True
+        if "--iap" in words:
+            state["service"]["iap_enabled"] = True
         save(state)
         return 0
     if verb == "describe":

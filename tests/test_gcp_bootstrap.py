@@ -234,3 +234,23 @@ def test_the_placeholder_service_is_public_without_an_iam_binding(tmp_path, clea
     assert annotations["run.googleapis.com/invoker-iam-disabled"] == "True"
     assert annotations["run.googleapis.com/ingress"] == "internal"  # nothing public until the first deploy
     assert answer["service"]["spec"]["template"]["spec"]["serviceAccountName"] == RUNTIME
+
+
+def test_the_iap_variant_turns_iap_on_and_starts_the_roles_with_one_admin(project, tmp_path):
+    assert project.bootstrap("--yes", "--iap").returncode != 0  # IAP_ADMIN is required
+    run = project.bootstrap("--yes", "--iap", env={"IAP_ADMIN": "lead@example.com"})
+    assert run.returncode == 0, run.stderr
+    state = project.state
+    assert state["service"]["iap_enabled"] is True and state["service"]["invoker_iam_disabled"] is True
+    assert state["secrets"]["mlflow-iap-roles"] == ["[admin]\nlead@example.com\n"]
+    assert ["secrets mlflow-iap-roles", f"serviceAccount:{RUNTIME}", "roles/secretmanager.secretAccessor"] in state["bindings"]
+    assert ["iap web cloud-run/mlflow", "user:lead@example.com", "roles/iap.httpsResourceAccessor"] in state["bindings"]
+    assert "gh variable set MLFLOW_IAP --repo acme/mlflow-server --body on" in run.stdout
+    # the roles are the team's from then on: a re-run does not rewrite them
+    project.edit_state(lambda s: s["secrets"]["mlflow-iap-roles"].append("[admin]\nlead@example.com\n[editor]\n@example.com\n"))
+    again = project.bootstrap("--yes", "--iap", env={"IAP_ADMIN": "lead@example.com"})
+    assert again.returncode == 0 and len(project.state["secrets"]["mlflow-iap-roles"]) == 2
+    commands = [{"argv": c["args"], "stdin": c["stdin"]} for c in run.calls + again.calls if c["tool"] == "gcloud"]
+    assert any("--iap" in c["argv"] for c in commands) and any(c["argv"][3:5] == ["iap", "web"] for c in commands)
+    for answer in real_gcloud({"mode": "parse", "commands": commands}, tmp_path):
+        assert answer["code"] == 1 and "do not currently have an active account" in answer["error"], answer
