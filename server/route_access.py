@@ -8,11 +8,12 @@ request, the level the matched route needs. A route the table does not name is a
 at start-up); ``tests/test_roles.py`` fails when MLflow adds one, or drops one the table names.
 
 How the table was drawn: every GET is a read; a POST is a read only when it is a search or a
-batch get (the UI's searches, the GraphQL reads, the trace metrics); deletes of experiments,
-registered models and model versions are admin, and so are the server's own settings (AI
-gateway secrets, endpoints, budgets and guardrails; workspaces; webhooks; the assistant's
-configuration and skills; the demo data). Everything else a training script or a person at the
-UI does is a write.
+batch get (the UI's searches, the GraphQL reads, the trace metrics). Admin only: deletes of
+experiments, registered models and model versions; renaming a registered model (it frees the
+name for another model, which consumers loading by name would then get); the server's own
+settings (AI gateway secrets, endpoints, budgets and guardrails; workspaces; webhooks; the
+assistant's configuration and skills; the demo data). Everything else a training script or a
+person at the UI does is a write.
 """
 
 from __future__ import annotations
@@ -206,7 +207,6 @@ POST          mlflow/prompt-optimization/jobs/<job_id>/cancel
 DELETE,POST   mlflow/registered-models/alias
 POST          mlflow/registered-models/create
 DELETE        mlflow/registered-models/delete-tag
-POST          mlflow/registered-models/rename
 POST          mlflow/registered-models/set-tag
 PATCH         mlflow/registered-models/update
 POST          mlflow/review-queues/create
@@ -277,6 +277,7 @@ DELETE        mlflow/gateway/secrets/delete
 POST          mlflow/gateway/secrets/update
 DELETE        mlflow/model-versions/delete
 DELETE        mlflow/registered-models/delete
+POST          mlflow/registered-models/rename
 POST          mlflow/webhooks
 DELETE,PATCH  mlflow/webhooks/<webhook_id>
 POST          mlflow/webhooks/<webhook_id>/test

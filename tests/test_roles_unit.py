@@ -106,6 +106,8 @@ def test_every_route_mlflow_has_is_in_the_table_and_the_table_names_no_other(acc
     ("DELETE", "/api/2.0/mlflow/registered-models/delete", "admin"),
     ("DELETE", "/api/2.0/mlflow/model-versions/delete", "admin"),
     ("POST", "/api/2.0/mlflow/runs/delete", "write"),
+    ("POST", "/api/2.0/mlflow/registered-models/rename", "admin"),
+    ("POST", "/api/2.0/mlflow/registered-models/alias", "write"),
     ("POST", "/ajax-api/3.0/mlflow/gateway/secrets/create", "admin"),
     ("GET", "/no/such/route", "write"),
     ("POST", "/api/2.0/mlflow/runs/search/", "write"),
