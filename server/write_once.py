@@ -28,7 +28,6 @@ log = logging.getLogger("server.write_once")
 
 GUARDED_VIEWS = ("_upload_artifact", "_delete_artifact_mlflow_artifacts", "_create_multipart_upload_artifact")
 UI_UPLOAD_VIEW = "serve_upload_artifact"
-DELETED_STAGE = "Deleted_Internal"  # MLflow keeps a deleted model version's row in this stage
 
 
 def exists(repo, path: str) -> bool:
@@ -82,6 +81,7 @@ class WriteOnce:
 
     def model_version_holding(self, path: str) -> tuple[str, int] | None:
         """(name, version) of a registered model version whose artifacts hold ``path``."""
+        from mlflow.entities.model_registry.model_version_stages import STAGE_DELETED_INTERNAL
         from mlflow.store.model_registry.dbmodels.models import SqlModelVersion
         from sqlalchemy import or_
 
@@ -92,7 +92,7 @@ class WriteOnce:
         with store.ManagedSessionMaker() as session:
             row = (session.query(SqlModelVersion.name, SqlModelVersion.version)
                    .filter(or_(SqlModelVersion.storage_location.in_(candidates), SqlModelVersion.source.in_(candidates)))
-                   .filter(SqlModelVersion.current_stage != DELETED_STAGE)
+                   .filter(SqlModelVersion.current_stage != STAGE_DELETED_INTERNAL)  # a deleted version's row stays
                    .first())
         return (row[0], row[1]) if row else None
 
