@@ -204,17 +204,22 @@ class BasicAuthMiddleware:
 
     def authenticate(self, header: str | None, client: str = "-") -> str | None:
         """Return the user name for a valid header, else None."""
-        return self.verify(header, client)[0]
+        user = self.verify(header, client)[0]
+        return user.name if user is not None else None
 
-    def verify(self, header: str | None, client: str = "-") -> tuple[str | None, int]:
-        """(user name, 0) for a valid header; (None, seconds to wait) or (None, 0) otherwise."""
+    def verify(self, header: str | None, client: str = "-") -> tuple[User | None, int]:
+        """(user, 0) for a valid header; (None, seconds to wait) or (None, 0) otherwise.
+
+        The user comes from the table the header was checked against, so a rotation of the
+        table in between cannot turn a valid login into a refusal.
+        """
         table, decoy, cache = self._current()
         if not header:
             return None, 0
         # a value verified before (against this table) is known without parsing it again
         digest = cache.digest(header)
         if (known := cache.get(digest)) is not None:
-            return known, 0
+            return table[known], 0
         parsed = parse_basic(header)
         if parsed is None:
             self._failed(client, "")
@@ -224,7 +229,7 @@ class BasicAuthMiddleware:
             return None, wait
         user = table.get(name)
         if user is not None and not user.is_hashed and password_matches(user, password):
-            return self._succeeded(client, name, digest, cache), 0
+            return self._succeeded(client, user, digest, cache), 0
         # Every other outcome costs one hash check when any user has a hashed password: the
         # user's own, or the decoy's for an unknown name or a wrong plain password, so the time
         # taken does not tell which names exist or how their passwords are stored.
@@ -236,7 +241,7 @@ class BasicAuthMiddleware:
         else:
             matched = False
         if matched and check is user:
-            return self._succeeded(client, name, digest, cache), 0
+            return self._succeeded(client, user, digest, cache), 0
         self._failed(client, name)
         return None, 0
 
@@ -278,11 +283,11 @@ class BasicAuthMiddleware:
         finally:
             self._hash_slot.release()
 
-    def _succeeded(self, client: str, name: str, digest: bytes, cache: VerifiedCache) -> str:
-        cache.add(digest, name)
+    def _succeeded(self, client: str, user: User, digest: bytes, cache: VerifiedCache) -> User:
+        cache.add(digest, user.name)
         if self._limiter is not None:
-            self._limiter.record_success(client, name)
-        return name
+            self._limiter.record_success(client, user.name)
+        return user
 
     def _failed(self, client: str, name: str) -> None:
         if self._limiter is not None:
@@ -299,15 +304,14 @@ class BasicAuthMiddleware:
             if assertion or not self._current().table:
                 return self._iap_request(environ, start_response, assertion)
         user, wait = self.verify(environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR") or "-")
-        found = self._current().table.get(user) if user is not None else None
-        if found is None:
-            # the body of a refused request is not read: the connection closes after the answer
-            environ["server.close_connection"] = True
-            environ[DECISION] = "throttled" if wait else "unauthenticated"
-            if wait:
-                return self._refuse(start_response, wait)
-            return self._challenge_response(start_response)
-        return self._let_in(environ, start_response, found.name, found.role, "basic")
+        if user is not None:
+            return self._let_in(environ, start_response, user.name, user.role, "basic")
+        if wait:
+            return _refused(environ, start_response, "throttled", "429 Too Many Requests",
+                            b"429 Too Many Requests: too many login attempts, try again later.\n",
+                            ("Retry-After", str(wait)))
+        return _refused(environ, start_response, "unauthenticated", "401 Unauthorized",
+                        b"401 Unauthorized: valid credentials are required.\n", ("WWW-Authenticate", self._challenge))
 
     def _let_in(self, environ: dict, start_response: Callable, user: str, role: str, sign_in: str):
         environ["REMOTE_USER"] = user
@@ -321,24 +325,20 @@ class BasicAuthMiddleware:
 
     def _iap_request(self, environ: dict, start_response: Callable, assertion: str | None):
         """A request judged by its IAP assertion alone: in, or 401/403/503, never Basic."""
-        environ["server.close_connection"] = True  # unless let in below
         try:
             email, role = self._iap.verify(assertion)
         except IapUnavailableError:
-            environ[DECISION] = "unavailable"
-            return _plain(start_response, "503 Service Unavailable",
-                          b"503 Service Unavailable: IAP sign-in cannot be checked right now.\n", ("Retry-After", "30"))
+            return _refused(environ, start_response, "unavailable", "503 Service Unavailable",
+                            b"503 Service Unavailable: IAP sign-in cannot be checked right now.\n",
+                            ("Retry-After", "30"))
         except IapError:
-            environ[DECISION] = "unauthenticated"
-            return _plain(start_response, "401 Unauthorized",
-                          b"401 Unauthorized: a valid IAP assertion (Google sign-in) is required.\n")
+            return _refused(environ, start_response, "unauthenticated", "401 Unauthorized",
+                            b"401 Unauthorized: a valid IAP assertion (Google sign-in) is required.\n")
         if role is None:
             environ["REMOTE_USER"] = email
-            environ[DECISION] = "denied"
-            return _plain(start_response, "403 Forbidden",
-                          f"403 Forbidden: {email} is signed in through IAP, but no role is granted to "
-                          "this account on this server (MLFLOW_IAP_ROLES).\n".encode())
-        environ.pop("server.close_connection", None)
+            return _refused(environ, start_response, "denied", "403 Forbidden",
+                            f"403 Forbidden: {email} is signed in through IAP, but no role is granted to "
+                            "this account on this server (MLFLOW_IAP_ROLES).\n".encode())
         return self._let_in(environ, start_response, email, role, "iap")
 
     def _internal_user(self, environ: dict) -> str | None:
@@ -350,16 +350,13 @@ class BasicAuthMiddleware:
             return name
         return None
 
-    def _challenge_response(self, start_response: Callable):
-        return _plain(start_response, "401 Unauthorized", b"401 Unauthorized: valid credentials are required.\n",
-                      ("WWW-Authenticate", self._challenge))
-
-    def _refuse(self, start_response: Callable, wait: int):
-        return _plain(start_response, "429 Too Many Requests",
-                      b"429 Too Many Requests: too many login attempts, try again later.\n", ("Retry-After", str(wait)))
 
 
-def _plain(start_response: Callable, status: str, body: bytes, *headers: tuple[str, str]):
+def _refused(environ: dict, start_response: Callable, decision: str, status: str, body: bytes,
+             *headers: tuple[str, str]) -> list[bytes]:
+    """A plain-text refusal; the body of the request is not read, so the connection closes after it."""
+    environ["server.close_connection"] = True
+    environ[DECISION] = decision
     start_response(status, [*headers, ("Content-Type", "text/plain; charset=utf-8"),
                             ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
     return [body]
