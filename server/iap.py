@@ -14,17 +14,15 @@ verified assertion is remembered (by a keyed digest) until it expires.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import secrets
 import threading
 import time
 import urllib.request
-from collections import OrderedDict
 from collections.abc import Callable
 
 from server import roles
+from server.verified_cache import VerifiedCache
 
 log = logging.getLogger("server.iap")
 
@@ -125,9 +123,7 @@ class IapVerifier:
         self.audience = audience
         self._roles = roles
         self._keys = keys
-        self._digest_key = secrets.token_bytes(32)
-        self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()  # digest -> (email, exp)
-        self._lock = threading.Lock()
+        self._verified: VerifiedCache[tuple[str, float]] = VerifiedCache()  # (email, expiry)
 
     def verify(self, assertion: str | None) -> tuple[str, str | None]:
         """(email, role or None) of a valid assertion; raises IapError or IapUnavailableError."""
@@ -135,16 +131,11 @@ class IapVerifier:
             raise IapError("no IAP assertion")
         if len(assertion) > MAX_ASSERTION_BYTES:
             raise IapError("the IAP assertion is too long")
-        digest = hashlib.blake2b(assertion.encode("utf-8", "surrogatepass"), key=self._digest_key,
-                                 digest_size=32).digest()
-        with self._lock:
-            known = self._verified.get(digest)
+        digest = self._verified.digest(assertion)
+        known = self._verified.get(digest)
         if known is None or known[1] <= time.time():
             known = self._decode(assertion)
-            with self._lock:
-                self._verified[digest] = known
-                while len(self._verified) > 1024:
-                    self._verified.popitem(last=False)
+            self._verified.add(digest, known)
         email = known[0]
         return email, role_for(self._roles(), email)
 
