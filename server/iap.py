@@ -47,18 +47,8 @@ class IapUnavailableError(Exception):
 
 def parse_roles(text: str, where: str) -> dict[str, str]:
     """``{email, @domain or *: role}`` from ``[role]`` sections; raises ValueError."""
-    table, role = {}, None
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        opened = roles.section(line)
-        if opened is not None:
-            if not opened:
-                raise ValueError(f"{where}: line {number} names no role; use one of "
-                                 + ", ".join(f"[{r}]" for r in roles.ROLES))
-            role = opened
-            continue
+    table = {}
+    for number, line, role in roles.sectioned(text, where, default=None, inline_comments=True):
         if role is None:
             raise ValueError(f"{where}: line {number} comes before any [role] line")
         subject = line.lower()

@@ -16,6 +16,8 @@ always holds a ':'. Route levels (``read``, ``write``, ``admin``) are what a req
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 VIEWER, EDITOR, ADMIN = "viewer", "editor", "admin"
 ROLES = (VIEWER, EDITOR, ADMIN)
 # Users listed before any section, and WSGI_AUTH_CREDENTIALS users: full rights, so a users
@@ -48,3 +50,25 @@ def section(line: str) -> str | None:
         return None
     name = line[1:-1].strip().lower()
     return name if name in ROLES else ""
+
+
+def sectioned(text: str, where: str, default: str | None, error: type[Exception] = ValueError,
+              inline_comments: bool = False) -> Iterator[tuple[int, str, str | None]]:
+    """(line number, line, role) of each entry of a ``[role]``-sectioned text.
+
+    Blank lines and ``#`` lines are skipped; with ``inline_comments`` a ``#`` ends any line
+    (not for password lines, which may hold one). Entries before any section get ``default``.
+    A bracketed line naming no role raises ``error``, without the line itself.
+    """
+    role = default
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = (line.split("#", 1)[0] if inline_comments else line).strip()
+        if not line or line.startswith("#"):
+            continue
+        opened = section(line)
+        if opened == "":
+            raise error(f"{where}: line {number} names no role; use one of " + ", ".join(f"[{r}]" for r in ROLES))
+        if opened:
+            role = opened
+            continue
+        yield number, line, role

@@ -85,18 +85,8 @@ def _make_user(name: str, secret: str, where: str, role: str = roles.DEFAULT_ROL
 
 
 def parse_htpasswd(text: str, where: str) -> list[User]:
-    users, role = [], roles.DEFAULT_ROLE
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        opened = roles.section(line)
-        if opened == "":
-            raise UsersError(f"{where}: line {number} names no role; use one of "
-                             + ", ".join(f"[{r}]" for r in roles.ROLES))
-        if opened:
-            role = opened
-            continue
+    users = []
+    for number, line, role in roles.sectioned(text, where, roles.DEFAULT_ROLE, error=UsersError):
         name, sep, secret = line.partition(":")
         if not sep:
             raise UsersError(f"{where}: line {number} is not 'user:password' nor a [role] line")
