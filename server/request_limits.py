@@ -302,7 +302,7 @@ def count_spans(body: bytes, content_type: str) -> int:
 
 def refuse(environ: dict, start_response: Callable, refusal: RequestRefusedError) -> list[bytes]:
     body = json.dumps({"error_code": refusal.error_code, "message": refusal.message}).encode()
-    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("Cache-Control", "no-store")]
     # the rest of an unread body is not worth reading: the connection closes after this answer
     environ["server.close_connection"] = True
     start_response(refusal.status, headers)

@@ -9,11 +9,11 @@ logged at warning, with the user and the role.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 
 from server import roles
+from server.request_limits import RequestRefusedError, refuse
 from server.route_access import RouteAccess
 
 log = logging.getLogger("server.roles")
@@ -46,10 +46,6 @@ class RoleGate:
     def _refuse(self, environ: dict, start_response: Callable, role: str, method: str, path: str):
         user = environ.get("REMOTE_USER") or "-"
         environ[DECISION] = "denied"
-        environ["server.close_connection"] = True  # the body is not read
         log.warning("denied: user %s with the role %s may not %s %s", user, role, method, path)
-        body = json.dumps({"error_code": "PERMISSION_DENIED",
-                           "message": roles.refusal(user, role, method, path)}).encode()
-        start_response("403 Forbidden", [("Content-Type", "application/json"),
-                                         ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
-        return [body]
+        refusal = RequestRefusedError("403 Forbidden", roles.refusal(user, role, method, path), "PERMISSION_DENIED")
+        return refuse(environ, start_response, refusal)  # JSON, as MLflow answers; the body is not read
