@@ -34,7 +34,8 @@ MAX_UNSIZED_BODY = 32 * 1024 * 1024
 LEFT_TO_FLASK = ("mlflow.server.artifact_router", "mlflow.server.server_info_api")
 
 
-def _route_prefix(path: str) -> str:
+def route_prefix(path: str) -> str:
+    """The literal start of a route's path, before its first variable."""
     return path.split("{", 1)[0]
 
 
@@ -50,7 +51,7 @@ class NativeRoutes:
         self.fastapi_app = fastapi_app
         self.routes = routes
         # a cheap first test on every request: the literal start of each route's path
-        self._prefixes = tuple(sorted({_route_prefix(p) for p in route_paths(routes)}))
+        self._prefixes = tuple(sorted({route_prefix(p) for p in route_paths(routes)}))
         self._bridge = None
         self._bridge_pid = None
         self._lock = threading.Lock()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 
+from server.native_routes import route_prefix
 from server.roles import ADMIN_ONLY, READ, WRITE
 
 # Columns: methods (comma-separated), then the route's path as the app declares it (Flask
@@ -341,7 +342,7 @@ class RouteAccess:
                 self._native.append((compile_path(path)[0], levels))
             else:
                 self._native_exact.update(((method, path), level) for method, level in levels.items())
-        self._native_prefixes = tuple({path.split("{", 1)[0] for path, _ in native if "{" in path})
+        self._native_prefixes = tuple({route_prefix(path) for path, _ in native if "{" in path})
         self._adapter = flask_app.url_map.bind("localhost")
         self._by_rule: dict[tuple[str, str], str] = {}
         self._flask_exact: dict[tuple[str, str], str] = {}  # paths without variables: a dict lookup
