@@ -39,7 +39,7 @@ from bench.common import (
     services,
 )
 from bench.servers import WORKERS, Running, start
-from tests.services import wait_for_workers
+from tests.services import latencies, wait_for_workers
 
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -97,15 +97,6 @@ def measured_window(server: Running, runs: list[str], seconds: float) -> tuple[f
     cpu, served = server.cpu_seconds(), server.requests_served()
     rate = log_metric_rate(server, runs, seconds)
     return rate, (server.cpu_seconds() - cpu) / (server.requests_served() - served) * 1000
-
-
-def latencies(fn, calls: int) -> list[float]:
-    out = []
-    for _ in range(calls):
-        started = time.monotonic()
-        fn()
-        out.append(time.monotonic() - started)
-    return out
 
 
 def log_batch_latencies(server: Running, experiment_id: str, calls: int) -> list[float]:
