@@ -30,7 +30,7 @@ from server.route_guard import RouteGuard
 from server.security_headers import SecurityHeaders
 from server.trusted_proxy import TrustedProxyFix
 from server.ui_compat import UiCompat
-from server.users_watch import WatchedUsers
+from server.watched_table import WatchedTable
 
 log = logging.getLogger("server.app")
 
@@ -95,7 +95,7 @@ def create_app(settings: config.Settings):
     )
     app = RequestLimits(PlainServerErrors(app))  # after the gates: an anonymous client's body is never parsed
     app = AccountRoutes(RoleGate(app, _route_access(mlflow_app, native)))
-    users = WatchedUsers(settings.users, settings.users_files, config.reload_users)
+    users = WatchedTable(settings.users, settings.users_files, config.reload_users)
     # made here, in gunicorn's master: every worker forks with the same failure counts and budget
     shared = SharedCounters()
     app = BasicAuthMiddleware(
@@ -130,7 +130,7 @@ def _route_access(mlflow_app, native: NativeRoutes) -> RouteAccess:
 def _iap(settings: config.Settings) -> IapVerifier | None:
     if settings.iap_audience is None:
         return None
-    table = WatchedUsers(settings.iap_roles, settings.iap_roles_files, config.reload_iap_roles, label="IAP roles")
+    table = WatchedTable(settings.iap_roles, settings.iap_roles_files, config.reload_iap_roles, label="IAP roles")
     return IapVerifier(settings.iap_audience, table, IapKeys(settings.iap_keys_url))
 
 

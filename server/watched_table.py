@@ -1,7 +1,7 @@
-"""Keeps the users table (or the IAP roles) in step with its mounted secret files.
+"""Keeps a table read from mounted secret files (the users, the IAP roles) in step with them.
 
 Cloud Run secret volumes (with ``latest``) and compose secrets can change under a running server.
-When one of the files the users came from changes, the table is read again through ``reload``;
+When one of the files the table came from changes, it is read again through ``reload``;
 if that fails (file removed, emptied, malformed) the error is logged without any value and the
 last good table stays in force, so a bad rotation never takes the server down.
 """
@@ -13,10 +13,11 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
-from server.users import User
+log = logging.getLogger("server.users")  # the name its log lines have always had
 
-log = logging.getLogger("server.users")
+T = TypeVar("T")  # what the table maps each name to (a User, a role)
 
 
 def _signature(paths: tuple[str, ...]) -> tuple:
@@ -30,7 +31,7 @@ def _signature(paths: tuple[str, ...]) -> tuple:
     return tuple(sig)
 
 
-class WatchedUsers:
+class WatchedTable(Generic[T]):
     """Args:
     initial: the table read at start-up.
     paths: the files it was read from (empty: nothing to watch).
@@ -41,9 +42,9 @@ class WatchedUsers:
 
     def __init__(
         self,
-        initial: dict[str, User],
+        initial: dict[str, T],
         paths: tuple[str, ...],
-        reload: Callable[[], dict[str, User]],
+        reload: Callable[[], dict[str, T]],
         interval: float = 2.0,
         clock=time.monotonic,
         label: str = "users",
@@ -58,7 +59,7 @@ class WatchedUsers:
         self._next_look = clock() + interval
         self._lock = threading.Lock()
 
-    def __call__(self) -> dict[str, User]:
+    def __call__(self) -> dict[str, T]:
         if self._paths and self._clock() >= self._next_look:
             self._maybe_reload()
         return self._table
