@@ -10,8 +10,9 @@
 # Settings (repository variables, docs/deploy.md): GCP_PROJECT, GCP_PROJECT_NUMBER, GCP_REGION,
 # CLOUD_RUN_SERVICE, CLOUDSQL_INSTANCE, GCP_RUNTIME_SA, and optionally MLFLOW_PUBLIC_URL (a
 # custom domain) and MLFLOW_IAP=on (Google sign-in through Cloud Run's own IAP, which an
-# operator turns on once; the roles come from the mlflow-iap-roles secret). The smoke-test password is read from Secret Manager and never leaves this
-# process except on curl's standard input.
+# operator turns on once; the roles come from the mlflow-iap-roles secret). The smoke-test
+# password is read from Secret Manager and never leaves this process except on curl's
+# standard input.
 set -Eeuo pipefail
 
 # One tag that moves from revision to revision: the candidate URL always shows the newest deploy

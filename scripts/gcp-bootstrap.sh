@@ -167,14 +167,13 @@ ensure_smoke_password() {
 # under its own [viewer] line: the smoke test only reads, so its password can change nothing.
 ensure_users() {
 	ensure_secret_resource "$SECRET_USERS"
-	local smoke users
+	local smoke users wanted
 	smoke=$(read_secret "$SECRET_SMOKE")
 	if ! has_version "$SECRET_USERS"; then
 		say "generating the users 'admin' and '$SMOKE_USER'"
-		printf 'admin:%s\n[viewer]\n%s:%s\n' "$(random_password)" "$SMOKE_USER" "$smoke" | add_version "$SECRET_USERS"
+		printf '%s\n' "$(users_with_smoke_line "admin:$(random_password)" "$smoke")" | add_version "$SECRET_USERS"
 		return
 	fi
-	local wanted
 	users=$(read_secret "$SECRET_USERS")
 	wanted=$(users_with_smoke_line "$users" "$smoke")
 	[ "$users" = "$wanted" ] && return

@@ -3,8 +3,9 @@ with every known secret value redacted from every line.
 
 ``JsonFormatter`` is used for gunicorn's error log, MLflow's loggers and ours;
 ``GunicornLogger`` (gunicorn's ``logger_class``) also writes the access log as JSON with the
-authenticated user, their role, the gate's decision, the status and the latency. A small formatter of our own instead of
-python-json-logger: Cloud Logging needs two field names and the redaction step, nothing more.
+authenticated user, their role, the gate's decision, the status and the latency. A small
+formatter of our own instead of python-json-logger: Cloud Logging needs two field names and the
+redaction step, nothing more.
 """
 
 from __future__ import annotations
