@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, CAROL
-from tests.services import ROOT, Server, run_client, wait_for
-from tests.test_training_flow import check_flow
+from tests.services import ROOT, Server, wait_for
+from tests.test_training_flow import check_flow, run_script
 
 EDITOR = ("ed", "ed:pass:with:colons")
 VIEWER = ("vi", "vi-h4shed-password")
@@ -41,9 +41,7 @@ def server(workdir, postgres, gcs):
 
 
 def script(server, user, command: str, name: str) -> dict:
-    result, out = run_client(SCRIPT, [command, name], server.url, user)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return json.loads(out.read_text())
+    return run_script(server, user, command, name, script=SCRIPT)
 
 
 @pytest.fixture(scope="module")

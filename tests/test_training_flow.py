@@ -18,9 +18,9 @@ from tests.services import base_env, run_client
 SCRIPT = Path(__file__).with_name("training_script.py")
 
 
-def run_script(server, user, command: str, name: str) -> dict:
-    """Run the script in a fresh folder and HOME ("another machine"): no cloud credentials."""
-    result, out = run_client(SCRIPT, [command, name], server.url, user)
+def run_script(server, user, command: str, name: str, script: Path = SCRIPT) -> dict:
+    """Run a client script in a fresh folder and HOME ("another machine"): no cloud credentials."""
+    result, out = run_client(script, [command, name], server.url, user)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return json.loads(out.read_text())
 
