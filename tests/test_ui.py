@@ -255,15 +255,22 @@ def test_two_runs_can_be_compared(ui_server, tab):
     assert t.problems == []
 
 
-def test_create_an_experiment_from_the_ui(ui_server, tab):
-    server, _, base = ui_server
-    t = tab()
+def _create_experiment(t: Tab, base: str, name: str, shot: str | None = None):
+    """Create an experiment through the UI's dialog; the dialog, after its Create was clicked."""
     t.open(base + "/#/experiments", wait_for_text="Default")
     t.page.get_by_role("button", name="Create").first.click()
     dialog = t.page.get_by_role("dialog")
-    dialog.get_by_role("textbox").first.fill("made-in-the-browser")
-    t.shot("10-create-experiment")
+    dialog.get_by_role("textbox").first.fill(name)
+    if shot:
+        t.shot(shot)
     dialog.get_by_role("button", name="Create").click()
+    return dialog
+
+
+def test_create_an_experiment_from_the_ui(ui_server, tab):
+    server, _, base = ui_server
+    t = tab()
+    _create_experiment(t, base, "made-in-the-browser", shot="10-create-experiment")
     t.page.get_by_text("made-in-the-browser").first.wait_for(timeout=30_000)
     posts = [(s, u) for s, u in t.responses if "experiments/create" in u]
     assert posts and all(s == 200 for s, _ in posts)
@@ -274,15 +281,6 @@ def test_create_an_experiment_from_the_ui(ui_server, tab):
     # that 404 (and Chromium's console line for it) is the UI's design, the only one allowed.
     expected = [p for p in t.problems if "get-by-name" in p or "404 (NOT FOUND)" in p]
     assert len(expected) <= 2 and [p for p in t.problems if p not in expected] == []
-
-
-def _create_experiment(t: Tab, base: str, name: str):
-    t.open(base + "/#/experiments", wait_for_text="Default")
-    t.page.get_by_role("button", name="Create").first.click()
-    dialog = t.page.get_by_role("dialog")
-    dialog.get_by_role("textbox").first.fill(name)
-    dialog.get_by_role("button", name="Create").click()
-    return dialog
 
 
 def test_a_viewer_sees_their_name_and_a_write_is_refused_naming_the_role(ui_server, tab):
