@@ -81,7 +81,13 @@ def create_app(settings: config.Settings):
     )
     _release_connections()  # the master serves nothing: its workers open their own
     if job_credential:
-        job_runner.prepare_queue_folder()  # before the workers fork: they submit jobs to it
+        from mlflow.environment_variables import MLFLOW_SERVER_JOB_LEASE_TTL
+
+        from server import job_submit
+
+        # before the workers fork: a submitted job goes to the database, where every
+        # instance's runner can take it (server/job_fleet.py)
+        job_submit.install(job_runner.prepare_queue_folder(), MLFLOW_SERVER_JOB_LEASE_TTL.get())
 
     # every experiment keeps its artifacts in this server's store, whichever way it is created
     experiment_guard.install(handlers._tracking_store, settings.default_artifact_root)

@@ -36,7 +36,6 @@ ARTIFACT_ROOT_ENV_VAR = "_MLFLOW_SERVER_ARTIFACT_ROOT"
 SERVE_ARTIFACTS_ENV_VAR = "_MLFLOW_SERVER_SERVE_ARTIFACTS"
 ARTIFACTS_DESTINATION_ENV_VAR = "_MLFLOW_SERVER_ARTIFACT_DESTINATION"
 HUEY_STORAGE_PATH_ENV_VAR = "_MLFLOW_HUEY_STORAGE_PATH"
-MLFLOW_SERVER_UP_TIME = "_MLFLOW_SERVER_UP_TIME"
 
 
 # the speed entries, by the names create_app asks verify() about
@@ -159,28 +158,50 @@ ENTRIES: tuple[Entry, ...] = (
            Target("mlflow.server.artifact_router", "artifact_router"),
            Target("mlflow.server.server_info_api", "server_info_router"),
            Target("fastapi.routing", "_RouterIncludeContext"))),
-    Entry("job runner", "safety", "server/job_runner.py",
-          "MLflow's job runner and its huey consumers (mlflow.server.jobs._job_runner, _huey_consumer, "
-          "_periodic_tasks_consumer) done in one process beside the server",
-          # (the two consumer modules run their set-up when imported, so only the runner's is here)
-          (Target("mlflow.server.jobs._job_runner"),
-           Target("mlflow.server.constants", "HUEY_STORAGE_PATH_ENV_VAR", value=HUEY_STORAGE_PATH_ENV_VAR),
-           Target("mlflow.server.constants", "MLFLOW_SERVER_UP_TIME", value=MLFLOW_SERVER_UP_TIME),
+    Entry("job runner", "safety", "server/job_runner.py, server/job_fleet.py, server/job_periodic.py",
+          "MLflow's job runner done in one process beside the server, taking jobs from the database as one of "
+          "a fleet: its job functions, their subprocess, the store's transitions and its periodic tasks",
+          (Target("mlflow.server.constants", "HUEY_STORAGE_PATH_ENV_VAR", value=HUEY_STORAGE_PATH_ENV_VAR),
            Target("mlflow.server.jobs.utils", "_job_name_to_fn_fullname_map"),
            Target("mlflow.server.jobs.utils", "_load_function", params=("fullname",)),
            Target("mlflow.server.jobs.utils", "get_job_fn_fullname", params=("job_name",)),
-           Target("mlflow.server.jobs.utils", "_get_or_init_huey_instance", params=("instance_key",)),
-           Target("mlflow.server.jobs.utils", "HUEY_PERIODIC_TASKS_INSTANCE_KEY", value="periodic_tasks"),
-           Target("mlflow.server.jobs.utils", "PERIODIC_TASKS_WORKER_COUNT"),
+           Target("mlflow.server.jobs.utils", "_prepare_job_subprocess",
+                  params=("function_fullname", "params", "python_env", "transient_error_classes", "tmpdir",
+                          "job_id", "job_name", "workspace", "extra_envs")),
+           Target("mlflow.server.jobs.utils", "_SubprocessJobResult.load", params=("path",)),
+           Target("mlflow.server.jobs.utils", "_SubprocessJobResult.from_error",
+                  params=("e", "transient_error_classes")),
+           Target("mlflow.server.jobs.utils", "_compute_job_lock_key",
+                  params=("job_name", "params", "exclusive", "workspace")),
            Target("mlflow.server.jobs.utils", "register_periodic_tasks", params=("huey_instance",)),
-           Target("mlflow.server.jobs.utils", "_should_flush_periodic_locks", params=()),
-           Target("mlflow.server.jobs.utils", "_enqueue_unfinished_jobs", params=("server_launching_timestamp",)),
            Target("mlflow.server.jobs.utils", "_start_watcher_to_kill_job_runner_if_mlflow_server_dies",
                   params=("check_interval",)),
            Target("mlflow.server.jobs.logging_utils", "configure_logging_for_jobs", params=()),
-           Target("huey.api", "Huey.create_consumer", params=("self", "options")),
-           Target("huey.consumer", "Consumer.start", params=("self",)),
-           Target("huey.consumer", "Consumer.stop", params=("self", "graceful")))),
+           Target("mlflow.utils.process", "_exec_cmd"),
+           Target("mlflow.utils.workspace_context", "ServerWorkspaceContext"),
+           Target("mlflow.environment_variables", "MLFLOW_SERVER_JOB_LEASE_TTL"),
+           *(Target("mlflow.store.jobs.sqlalchemy_store", f"SqlAlchemyJobStore.{name}", params=("self", "job_id", *rest))
+             for name, rest in (("finish_job", ("result",)), ("fail_job", ("error",)),
+                                ("retry_or_fail_job", ("error",)), ("mark_job_timed_out", ()),
+                                ("cancel_job", ()))),
+           *(Target("mlflow.entities._job_status", "JobStatus.to_int", contains=f"JobStatus.{status}: {number}")
+             for status, number in (("PENDING", 0), ("RUNNING", 1), ("FAILED", 3), ("CANCELED", 5),
+                                    ("NEEDS_RECOVERY", 6))))),
+    Entry("one queue for the fleet", "safety", "server/job_submit.py, server/job_table.py",
+          "a submitted job stays in MLflow's jobs table, which every instance's runner claims from under "
+          "leases; exclusive jobs and periodic tasks take rows of MLflow's job_locks and scheduler_leases",
+          (Target("mlflow.server.jobs", "submit_job", contains="huey_instance.submit_task("),
+           Target("mlflow.server.jobs", "submit_job", contains="job_store.create_job("),
+           Target("mlflow.server.jobs.utils", "_get_or_init_huey_instance", params=("instance_key",)),
+           *(Target("mlflow.store.tracking.dbmodels.models", f"SqlJob.{column}")
+             for column in ("id", "creation_time", "job_name", "params", "workspace", "timeout", "status",
+                            "result", "retry_count", "last_update_time", "lease_expires_at", "status_message",
+                            "progress", "progress_updated_at", "token_hash", "scoped_permissions",
+                            "next_attempt_at")),
+           *(Target("mlflow.store.tracking.dbmodels.models", f"SqlJobLock.{column}")
+             for column in ("lock_key", "job_id", "acquired_at")),
+           *(Target("mlflow.store.tracking.dbmodels.models", f"SqlSchedulerLease.{column}")
+             for column in ("lease_key", "acquired_at", "ttl_seconds")))),
     Entry("request heads in the event loop", "safety", "server/worker.py",
           "a thread takes a connection only once its request head (or HTTP/2 preface) is in: slow and "
           "silent clients cannot hold the threads; idle HTTP/2 connections wait in the loop",

@@ -1,34 +1,36 @@
-"""MLflow's job runner beside the server, as ``mlflow server`` starts it.
+"""MLflow's job runner beside the server, as ``mlflow server`` starts it, made one of a fleet.
 
-``mlflow server`` starts a huey job runner next to its web workers: it runs the jobs the UI and
-the API start (judges and scorers, issue detection, ``genai.evaluate``, prompt optimisation) and
-the periodic tasks (online scoring, trace archival, SQL trace roll-ups). Each job function has
-a huey queue of its own (a SQLite file in a folder the web workers submit to, in ``/dev/shm``
-where there is one), each job runs in a subprocess of its own, and its code talks back to this
-server over HTTP.
+``mlflow server`` starts a job runner next to its web workers: it runs the jobs the UI and the
+API start (judges and scorers, issue detection, ``genai.evaluate``, prompt optimisation) and the
+periodic tasks (online scoring, trace archival, SQL trace roll-ups). Each job runs in a
+subprocess of its own, and its code talks back to this server over HTTP.
 
 Differences from ``mlflow server``, on purpose:
 
-* one process hosts all the consumers, as threads (huey's thread workers, the kind MLflow's
-  consumers use too), instead of MLflow's runner process plus one ``huey_consumer`` process per
-  queue: eight interpreters that each import MLflow (171 MB each, 1.4 GB in all, measured)
-  become one (``main``); the jobs themselves still run in subprocesses, as in MLflow;
+* the queue is the database, not a huey SQLite file per instance: every instance's runner takes
+  PENDING jobs from MLflow's ``jobs`` table, holds each under a lease it renews, and settles the
+  jobs of a runner that died (``server/job_fleet.py``); periodic tasks run once per period across
+  the instances (``server/job_periodic.py``). So a job runs once, on one instance, whichever took
+  the request and whichever instances start or stop meanwhile;
+* one process hosts it all, as threads, instead of MLflow's runner process plus one
+  ``huey_consumer`` process per queue (eight interpreters that each import MLflow, 1.4 GB PSS
+  measured); the jobs themselves still run in subprocesses, as in MLflow;
 * the runner's HTTP calls go through our Basic-auth gate like any other client's, with a
   credential made at start-up for this process tree only (``internal_credential``): 256 random bits,
   never written anywhere, refused from any peer but loopback;
-* its output, and that of every consumer and job it starts, is relayed as JSON log lines with
-  every known secret redacted, like the server's own (``main`` below puts this process's
-  standard output and error, which its jobs inherit, on a pipe);
-* it uses no connection pool: a consumer holds a database connection only while it works, so
-  an idle runner adds nothing to the server's connection bound (README "Database connections");
+* its output, and that of every job it starts, is relayed as JSON log lines with every known
+  secret redacted, like the server's own (``main`` below puts this process's standard output
+  and error, which its jobs inherit, on a pipe);
+* it holds one database connection of its own for the queue (``coordination_engine``); the jobs
+  use MLflow's store without a pool (README "Database connections");
 * it runs in a process group of its own, which gunicorn's master stops as a whole when it
   exits (SIGTERM, then SIGKILL after ``STOP_SECONDS``), so a stopped container leaves no
-  consumer behind and the stop stays inside Cloud Run's 10 s. A job cut off this way is queued
-  again by the next runner (MLflow re-enqueues unfinished jobs at start).
+  job behind and the stop stays inside Cloud Run's 10 s; the jobs it was running are marked
+  FAILED with the reason as it stops.
 
 Configuration is MLflow's: ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` starts no runner,
-``MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS=false`` keeps the periodic tasks off (set it on all but
-one instance when several share a database).
+``MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS=false`` keeps this instance out of the periodic tasks,
+``MLFLOW_SERVER_JOB_LEASE_TTL`` (seconds, default 60) is how long a job outlives its runner.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ import time
 from server.internals import (
     BACKEND_STORE_URI_ENV_VAR,
     HUEY_STORAGE_PATH_ENV_VAR,
-    MLFLOW_SERVER_UP_TIME,
     REGISTRY_STORE_URI_ENV_VAR,
 )
 from server.logs import JsonFormatter
@@ -62,7 +63,6 @@ NOT_FOR_THE_RUNNER = frozenset({"MLFLOW_AUTH_USERS", "MLFLOW_AUTH_USERS_FILE", "
                                 "WSGI_AUTH_CREDENTIALS_FILE",
                                 # the web workers' pool sizes: SQLAlchemy refuses them with NullPool
                                 "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"})
-RECOVERY_DELAY = 5  # seconds after start before unfinished jobs are queued again
 _FORMATTER = JsonFormatter()
 _LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 
@@ -73,16 +73,16 @@ def internal_credential() -> tuple[str, str]:
 
 
 def prepare_queue_folder() -> str:
-    """The huey queue folder, set in the environment before the web workers fork (they submit
-    to it), as ``mlflow server`` does."""
+    """The instance's job folder (MLflow's huey folder variable), set in the environment before
+    the web workers fork: they leave there what a job reserved for this instance needs
+    (server/job_submit.py). In memory (/dev/shm) where there is one, readable by this account only."""
     folder = tempfile.mkdtemp(prefix="mlflow-jobs-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     os.environ[HUEY_STORAGE_PATH_ENV_VAR] = folder
     return folder
 
 
 def remove_queue_folder() -> None:
-    """On the way out: the queues live in memory (/dev/shm); what they held is in the database,
-    and the next runner queues unfinished jobs again."""
+    """On the way out: the jobs are in the database; what the folder held dies with the instance."""
     import shutil
 
     folder = os.environ.get(HUEY_STORAGE_PATH_ENV_VAR)
@@ -101,7 +101,6 @@ def runner_environment(backend_store_uri: str, default_artifact_root: str, serve
         "MLFLOW_TRACKING_USERNAME": credential[0],
         "MLFLOW_TRACKING_PASSWORD": credential[1],
         "MLFLOW_SERVER_PID": str(server_pid),
-        MLFLOW_SERVER_UP_TIME: str(int(time.time() * 1000)),
         # the job code's own server calls never leave this instance
         "NO_PROXY": "127.0.0.1,localhost",
         "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": "NullPool",
@@ -190,44 +189,61 @@ def main(log_level: str) -> None:
     os.dup2(write, 2)
     os.close(write)
     threading.Thread(target=_relay, args=(read, sink), name="json-relay", daemon=True).start()
-    run_consumers()
+    run_fleet()
 
 
-def run_consumers() -> None:
-    """What MLflow's ``_job_runner`` and its ``huey_consumer`` processes do, in this process."""
-    from mlflow.environment_variables import MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS
+def coordination_engine(uri: str):
+    """The runner's own connection for the shared queue's statements: one, kept open, so a
+    poll a second costs no new connection (the jobs themselves use MLflow's store)."""
+    import sqlalchemy
+
+    if uri.startswith("sqlite"):
+        return sqlalchemy.create_engine(uri)
+    return sqlalchemy.create_engine(uri, pool_size=1, max_overflow=1, pool_pre_ping=True, pool_recycle=1800)
+
+
+def run_fleet() -> None:
+    """The runner: this instance's share of the fleet's jobs, and its turns at the periodic
+    tasks, all coordinated through the database (server/job_fleet.py, server/job_periodic.py)."""
+    from mlflow.environment_variables import (
+        MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS,
+        MLFLOW_SERVER_JOB_HUEY_REDIS_URL,
+        MLFLOW_SERVER_JOB_LEASE_TTL,
+    )
+    from mlflow.server.handlers import _get_job_store
     from mlflow.server.jobs import logging_utils
     from mlflow.server.jobs import utils as jobs
 
+    from server import job_submit
+    from server.job_fleet import FleetRunner
+    from server.job_periodic import FleetSchedule
+    from server.job_table import JobTable
+
     logging_utils.configure_logging_for_jobs()
     jobs._start_watcher_to_kill_job_runner_if_mlflow_server_dies()
-    consumers = []
-    for job_name in list(jobs._job_name_to_fn_fullname_map):
-        fn = jobs._load_function(jobs.get_job_fn_fullname(job_name))
-        huey = jobs._get_or_init_huey_instance(job_name).instance
-        consumers.append(huey.create_consumer(workers=fn._job_fn_metadata.max_workers))
-    if MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS.get():
-        huey = jobs._get_or_init_huey_instance(jobs.HUEY_PERIODIC_TASKS_INSTANCE_KEY).instance
-        jobs.register_periodic_tasks(huey)
-        consumers.append(huey.create_consumer(workers=jobs.PERIODIC_TASKS_WORKER_COUNT,
-                                              flush_locks=jobs._should_flush_periodic_locks()))
-    for consumer in consumers:
-        consumer.start()
+    if MLFLOW_SERVER_JOB_HUEY_REDIS_URL.get():
+        log.info("MLFLOW_SERVER_JOB_HUEY_REDIS_URL is set but not used: jobs and periodic tasks are "
+                 "coordinated through the database, whatever the number of instances")
+    lease = MLFLOW_SERVER_JOB_LEASE_TTL.get()
+    folder = os.environ[HUEY_STORAGE_PATH_ENV_VAR]
+    job_submit.install(folder, lease)  # the periodic tasks submit jobs too
+    table = JobTable(coordination_engine(os.environ["MLFLOW_BACKEND_STORE_URI"]), int(lease * 1000))
+    runner = FleetRunner(table, _get_job_store(), folder, lease)
     stopping = threading.Event()
-    # each consumer's start() installed its handlers; this process has one way to stop
+    threads = [threading.Thread(target=runner.run, args=(stopping,), name="job-fleet", daemon=True)]
+    if MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS.get():
+        schedule = FleetSchedule(table)
+        jobs.register_periodic_tasks(schedule)
+        threads.append(threading.Thread(target=schedule.run_forever, args=(stopping,), name="periodic", daemon=True))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
-    log.info("MLflow job runner ready: %d queues, pid %d", len(consumers), os.getpid())
-    # as MLflow's runner: once the consumers are up, queue again the jobs a previous runner left
-    if not stopping.wait(RECOVERY_DELAY):
-        try:
-            jobs._enqueue_unfinished_jobs(int(os.environ[MLFLOW_SERVER_UP_TIME]))
-        except Exception:
-            log.exception("re-queueing unfinished jobs failed")
+    for thread in threads:
+        thread.start()
+    log.info("MLflow job runner ready: pid %d, %d job kinds, periodic tasks %s", os.getpid(),
+             len(jobs._job_name_to_fn_fullname_map), "on" if len(threads) > 1 else "off")
     stopping.wait()
-    for consumer in consumers:
-        consumer.stop(graceful=False)
-    os._exit(0)  # the consumers' threads are not daemons; what they ran is in the database
+    runner.stop()  # its running and reserved jobs are marked FAILED now, not when their leases run out
+    os._exit(0)
 
 
 if __name__ == "__main__":

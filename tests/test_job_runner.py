@@ -46,8 +46,9 @@ def test_the_runner_starts_with_the_server_and_stops_with_it_within_10_s(tmp_pat
     env, secrets = gcs_server_config(postgres, gcs, "mlflow_job_runner")
     server = Server(tmp_path, env, secrets).start()
     try:
-        # one process runs a consumer per job function plus the periodic one (server/job_runner.py)
-        wait_for(lambda: "MLflow job runner ready: 7 queues" in server.logs(), 60, "the job runner's consumers")
+        # one process takes every kind of job from the database and runs the periodic tasks
+        wait_for(lambda: "MLflow job runner ready" in server.logs(), 60, "the job runner")
+        assert "6 job kinds, periodic tasks on" in server.logs()
         assert len(runner_processes(server)) == 1
         tree = process_tree(server.proc.pid)
         started = time.monotonic()
