@@ -20,6 +20,7 @@ from server.account import AccountRoutes
 from server.auth import BasicAuthMiddleware
 from server.error_bodies import PlainServerErrors
 from server.failures import FailureLimiter, HashBudget, SharedCounters
+from server.fleet_failures import FleetFailures, fleet_key
 from server.iap import IapKeys, IapVerifier
 from server.migrate import ensure_schema
 from server.native_routes import NativeRoutes, leaves
@@ -102,13 +103,15 @@ def create_app(settings: config.Settings):
     app = RequestLimits(PlainServerErrors(app))  # after the gates: an anonymous client's body is never parsed
     app = AccountRoutes(RoleGate(app, _route_access(mlflow_app, native)))
     users = WatchedTable(settings.users, settings.users_files, config.reload_users)
-    # made here, in gunicorn's master: every worker forks with the same failure counts and budget
-    shared = SharedCounters()
+    # made here, in gunicorn's master: every worker forks with the same failure counts and budget;
+    # instances on one PostgreSQL share the counts too, so their digests share a key
+    shared = SharedCounters(key=fleet_key(settings.backend_store_uri) if settings.backend_is_postgres else None)
     app = BasicAuthMiddleware(
         app,
         users=users,
         realm=settings.realm,
-        limiter=FailureLimiter(settings.max_failures, settings.lockout_seconds, counters=shared),
+        limiter=FailureLimiter(settings.max_failures, settings.lockout_seconds, counters=shared,
+                               fleet=_fleet_failures(settings, shared)),
         hash_budget=HashBudget(counters=shared),
         internal=job_credential,
         iap=_iap(settings),
@@ -131,6 +134,19 @@ def _route_access(mlflow_app, native: NativeRoutes) -> RouteAccess:
         log.warning("%d route(s) of MLflow are not in server/route_access.py's table; they count as writes: %s",
                     len(access.unclassified), ", ".join(f"{m} {p}" for m, p in access.unclassified))
     return access
+
+
+def _fleet_failures(settings: config.Settings, shared: SharedCounters) -> FleetFailures | None:
+    """Failed logins counted across instances, where instances can share a database."""
+    if not settings.backend_is_postgres:
+        return None  # SQLite: one instance
+
+    def engine():
+        from mlflow.server import handlers
+
+        return handlers._tracking_store.engine  # the worker's own pool
+
+    return FleetFailures(engine, shared, settings.lockout_seconds)
 
 
 def _iap(settings: config.Settings) -> IapVerifier | None:

@@ -43,17 +43,18 @@ class SharedCounters:
         clock: seconds, the same in every process (``time.monotonic`` is system-wide on Linux).
     """
 
-    def __init__(self, slots: int = 16384, clock=time.monotonic):
+    def __init__(self, slots: int = 16384, clock=time.monotonic, key: bytes | None = None):
         self.slots = slots
         self._clock = clock
         self._mem = mmap.mmap(-1, _BUDGET.size + slots * _SLOT.size)  # MAP_SHARED: survives fork shared
         self._lock = multiprocessing.get_context("fork").Lock()
-        self._key = secrets.token_bytes(16)
+        # the digests' key: random, or the one every instance shares when they share counts
+        self._key = key or secrets.token_bytes(16)
 
     def now(self) -> float:
         return self._clock()
 
-    def _digest(self, key: str) -> int:
+    def digest(self, key: str) -> int:
         value = int.from_bytes(hashlib.blake2b(key.encode("utf-8", "surrogatepass"), key=self._key,
                                                digest_size=8).digest(), "little")
         return value or 1  # 0 marks an empty slot
@@ -72,7 +73,7 @@ class SharedCounters:
 
     def count(self, key: str, window: float) -> int:
         """Failures of ``key`` within the last ``window`` seconds."""
-        digest = self._digest(key)
+        digest = self.digest(key)
         with self._lock:
             found = self._find(digest)
         if found is None:
@@ -82,7 +83,7 @@ class SharedCounters:
 
     def add(self, key: str, window: float) -> int:
         """Count one failure of ``key``; returns its count within the window."""
-        digest = self._digest(key)
+        digest = self.digest(key)
         now = self.now()
         with self._lock:
             found = self._find(digest)
@@ -94,8 +95,26 @@ class SharedCounters:
             _SLOT.pack_into(self._mem, offset, digest, count, now)
         return count
 
+    def merge(self, digest: int, count: int, window: float) -> None:
+        """Take in another instance's count for the key of ``digest``: at least ``count``
+        failures within the window, or, for 0 (a login that succeeded), none."""
+        now = self.now()
+        with self._lock:
+            found = self._find(digest)
+            if count == 0:
+                if found is not None:
+                    _SLOT.pack_into(self._mem, found[0], 0, 0, 0.0)
+                return
+            if found is not None:
+                offset, current, last = found
+                current = current if now - last < window else 0
+            else:
+                offset, current = self._free_slot(digest, now, window), 0
+            if count > current:
+                _SLOT.pack_into(self._mem, offset, digest, count, now)
+
     def clear(self, key: str) -> None:
-        digest = self._digest(key)
+        digest = self.digest(key)
         with self._lock:
             found = self._find(digest)
             if found is not None:
@@ -154,14 +173,16 @@ class FailureLimiter:
     address_factor: failures from one client across all names allowed, as a multiple of
         ``max_failures``; past it, only names that have not failed from there may try.
     counters: the shared table (made before the workers fork).
+    fleet: shares the counts with the other instances (``server/fleet_failures.py``), or None.
     """
 
     def __init__(self, max_failures: int, window: float, address_factor: int = 10,
-                 counters: SharedCounters | None = None):
+                 counters: SharedCounters | None = None, fleet=None):
         self.max_failures = max_failures
         self.window = window
         self.max_address_failures = max_failures * address_factor
         self.counters = counters or SharedCounters()
+        self.fleet = fleet
 
     @staticmethod
     def _keys(client: str, user: str) -> tuple[str, str]:
@@ -182,10 +203,15 @@ class FailureLimiter:
         pair, address = self._keys(client, user)
         self.counters.add(pair, self.window)
         self.counters.add(address, self.window)
+        if self.fleet is not None:
+            self.fleet.note(pair)
+            self.fleet.note(address)
 
     def record_success(self, client: str, user: str) -> None:
         pair, _ = self._keys(client, user)
         self.counters.clear(pair)
+        if self.fleet is not None:
+            self.fleet.clear(pair)
 
 
 class HashBudget:

@@ -4,7 +4,8 @@ On Postgres the work runs under a session advisory lock, so several instances st
 (Cloud Run scaling out, a new revision beside the old one) queue up: the first creates or
 upgrades the schema, the others wait, then find it current and go on. Without it a fresh
 database with several workers gives UniqueViolation 500s, and two concurrent
-``mlflow db upgrade`` runs fail.
+``mlflow db upgrade`` runs fail. This server's own tables (``server/own_tables.py``) are created
+in the same step, under the same lock.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import time
 
 import sqlalchemy
 from sqlalchemy.pool import NullPool
+
+from server import own_tables
 
 log = logging.getLogger("server.migrate")
 
@@ -55,7 +58,10 @@ def ensure_schema(uri: str, auto_upgrade: bool = True, connect_timeout: float = 
                 if waited > 0.5:
                     log.info("waited %.1fs for another instance's schema work", waited)
             try:
-                return _create_or_upgrade(engine, db_utils, auto_upgrade)
+                done = _create_or_upgrade(engine, db_utils, auto_upgrade)
+                if created := own_tables.create(engine):
+                    log.info("created this server's own tables: %s", ", ".join(created))
+                return done
             finally:
                 if is_postgres:
                     lock_conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})

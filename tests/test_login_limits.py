@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, figure, gcs_server_config
-from tests.services import Server, latencies, wait_for_workers
+from tests.services import Server, latencies, start_together, wait_for_workers
 
 pytestmark = pytest.mark.reliability
 
@@ -25,6 +25,7 @@ SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 DAVE = ("dave", "dave-c0st12-password")  # bcrypt cost 12, as htpasswd -B makes it
 DAVE_HASH = bcrypt.hashpw(DAVE[1].encode(), bcrypt.gensalt(rounds=12)).decode()
 ERIN = ("erin", "erin-Pl41n-password")
+FLEET_FLUSH_WAIT = 1.6  # server/fleet_failures.py shares the counts once a second
 
 
 def users_file() -> str:
@@ -160,3 +161,48 @@ def test_a_hash_flood_from_64_addresses_leaves_logged_in_users_fast(behind_proxy
            f"bad logins from 64 addresses {p50 * 1000:.0f} ms (flood answers: {sent})")
     assert sent["other"] == 0 and sent["429"] > 0
     assert p50 < 0.2, f"p50 {p50 * 1000:.0f} ms"
+
+
+@pytest.fixture(scope="module")
+def two_instances(workdir, postgres, gcs):
+    """Two instances of one service behind Cloud Run's front end, on one database."""
+    env, secrets = gcs_server_config(postgres, gcs, "mlflow_limits_fleet")
+    env.update(MLFLOW_AUTH_MAX_FAILURES=str(MAX_FAILURES), MLFLOW_AUTH_LOCKOUT_SECONDS="300",
+               MLFLOW_TRUSTED_PROXY_HOPS="1", FORWARDED_ALLOW_IPS="*", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    secrets["mlflow_auth_users"] = users_file()
+    servers = [Server(workdir / f"server-limits-fleet-{i}", env, secrets) for i in range(2)]
+    start_together(servers)
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def test_the_bound_per_address_holds_across_instances(two_instances):
+    a, b = two_instances
+    client = "198.51.100.70"
+    codes = []
+    for i in range(MAX_FAILURES * 2):
+        codes.append(get((a, b)[i % 2], (ERIN[0], f"wrong-{i}"), client))
+        time.sleep(FLEET_FLUSH_WAIT)  # the instances share their counts once a second
+    burst = [get(server, (ERIN[0], f"burst-{i}"), "198.51.100.71") for i in range(MAX_FAILURES * 2)
+             for server in (a, b)]
+    figure(f"failed logins of one user from one address, 2 instances, bound {MAX_FAILURES}: "
+           f"{codes.count(401)} accepted a second apart, {burst.count(401)} in a burst across both "
+           f"(the bound plus at most a second's worth per instance)")
+    assert codes == [401] * MAX_FAILURES + [429] * MAX_FAILURES, codes
+    assert burst.count(401) <= MAX_FAILURES * 2, burst
+    # the guessed user's right password: refused from that address on both, fine from elsewhere
+    assert get(a, ERIN, client) == get(b, ERIN, client) == 429
+    assert get(b, ERIN, "198.51.100.72") == 200
+
+
+def test_a_login_that_succeeds_clears_its_count_on_every_instance(two_instances):
+    a, b = two_instances
+    client = "198.51.100.80"
+    for i in range(MAX_FAILURES - 1):
+        assert get(a, (ALICE[0], f"typo-{i}"), client) == 401
+    time.sleep(FLEET_FLUSH_WAIT)
+    assert get(b, ALICE, client) == 200  # clears the pair, for both instances
+    time.sleep(FLEET_FLUSH_WAIT)
+    codes = [get(a, (ALICE[0], f"typo-again-{i}"), client) for i in range(MAX_FAILURES)]
+    assert codes == [401] * MAX_FAILURES, codes
