@@ -25,7 +25,17 @@ import requests
 
 from tests.conftest import ALICE, USERS_FILE, figure
 from tests.llm_stand_in import ChatStandIn
-from tests.services import ROOT, Postgres, Server, process_tree, run_client, start_together, wait_for
+from tests.services import (
+    ROOT,
+    Postgres,
+    Server,
+    open_connections,
+    process_tree,
+    run_client,
+    start_together,
+    wait_for,
+    web_processes,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -137,54 +147,63 @@ def test_a_second_instance_starting_mid_job_runs_nothing_twice(fleet, llm):
     b = fleet.server("b")
     try:
         job = run_judge(fleet, a, "mid_job", fleet.trace_ids)
-        assert claimed_by(job, [a]) is a
+        fleet.wait(job, ("RUNNING",), 30)
         b.start()
         wait_for(lambda: "MLflow job runner ready" in b.logs(), 60, "the second instance's job runner")
         assert fleet.job(job)[0] == "RUNNING", "the job ended before the second instance's runner was up"
-        assert fleet.wait(job, TERMINAL, 240) == "SUCCEEDED"
-        runs = claims(job, [a, b])
+        runner = [p for p in process_tree(b.proc.pid) if p not in web_processes(b.proc.pid)]
+        idle_connections = open_connections(runner, fleet.postgres.port)
+        status = fleet.wait(job, TERMINAL, 240)
+        time.sleep(3)  # a second run, if any, would still be writing
     finally:
         b.stop()
         a.stop()
     per_trace = fleet.assessments("mid_job")
     calls = llm.calls_mentioning("judge mid_job")
-    figure(f"second instance mid-job: runs per job {sum(runs.values())}, assessments per trace "
+    runs = claims(job, [a, b])
+    figure(f"second instance mid-job: {status}, runs per job {sum(runs.values())}, assessments per trace "
            f"{sorted(collections.Counter(per_trace.values()).items())} over {len(fleet.trace_ids)} traces, "
-           f"judge calls {calls}")
-    assert sum(runs.values()) == 1
-    assert calls == len(fleet.trace_ids)
+           f"judge calls {calls}; an idle runner's own database connections: {idle_connections}")
     assert per_trace == dict.fromkeys(fleet.trace_ids, 1)
+    assert calls == len(fleet.trace_ids)
+    assert status == "SUCCEEDED"
+    assert sum(runs.values()) == 1
     # MLflow's store refuses a second runner's transitions of a finished job with these words
     assert not [line for line in (a.logs() + b.logs()).splitlines()
                 if job in line and ("cannot" in line or "finalized" in line)]
 
 
-def test_a_job_of_an_instance_killed_whole_is_settled_by_another_within_the_lease(fleet):
-    a, b = fleet.server("a"), fleet.server("b")
-    start_together([a, b])
+def test_a_job_of_an_instance_killed_whole_is_settled_by_another_within_the_lease(fleet, llm):
+    a = fleet.server("a").start()
+    b = fleet.server("b")
     try:
         job = run_judge(fleet, a, "killed", fleet.trace_ids)
-        victim = claimed_by(job, [a, b])
-        survivor = b if victim is a else a
+        fleet.wait(job, ("RUNNING",), 30)
+        b.start()  # up before the kill, as the instances of a service are
+        wait_for(lambda: "MLflow job runner ready" in b.logs(), 60, "the second instance's job runner")
         wait_for(lambda: len(fleet.assessments("killed")) >= 20, 60, "the judge to be mid-way")
-        kill_whole(victim)
+        kill_whole(a)
         killed = time.monotonic()
-        assert fleet.wait(job, TERMINAL, 120) == "FAILED"
+        status = fleet.wait(job, TERMINAL, 120)
         settled = time.monotonic() - killed
-        scored = fleet.assessments("killed")
+        scored, calls = fleet.assessments("killed"), llm.calls_mentioning("judge killed")
         time.sleep(2 * LEASE_SECONDS)  # nothing runs it again afterwards
-        assert fleet.assessments("killed") == scored
+        assert (fleet.assessments("killed"), llm.calls_mentioning("judge killed")) == (scored, calls)
         runs = claims(job, [a, b])
     finally:
         a.stop()
         b.stop()
-    status, reason = fleet.job(job)
-    figure(f"instance killed whole mid-job: job settled {settled:.1f} s after the kill (lease {LEASE_SECONDS} s), "
-           f"{status}; runs per job {sum(runs.values())}; {len(scored)} of {len(fleet.trace_ids)} traces scored "
-           f"before the kill, at most {max(scored.values())} assessment each")
-    assert sum(runs.values()) == 1 and max(scored.values()) == 1
+    reason = fleet.job(job)[1]
+    per_trace_calls = [llm.calls_mentioning("judge killed", f"answer {i} of fleet: 7") for i in range(TRACES)]
+    figure(f"instance killed whole mid-job: job {status} {settled:.1f} s after the kill (lease {LEASE_SECONDS} s); "
+           f"runs per job {sum(runs.values())}; {len(scored)} of {len(fleet.trace_ids)} traces scored before the "
+           f"kill, at most {max(scored.values())} assessment each; {calls} judge calls (those in flight at the "
+           f"kill included), at most {max(per_trace_calls)} per trace, none after")
+    assert status == "FAILED"
     assert "stopped renewing its lease" in reason and "assessment" in reason
-    assert "lease ran out" in survivor.logs()
+    assert max(scored.values()) == 1 and max(per_trace_calls) == 1
+    assert runs == {a.workdir.name: 1, b.workdir.name: 0}
+    assert "lease ran out" in b.logs()
 
 
 def test_a_job_whose_instance_stops_before_it_starts_runs_on_another(fleet):
@@ -192,7 +211,7 @@ def test_a_job_whose_instance_stops_before_it_starts_runs_on_another(fleet):
     b = fleet.server("b")
     try:
         busy = run_judge(fleet, a, "stopped", fleet.trace_ids)  # takes the only judge slot of A
-        assert claimed_by(busy, [a]) is a
+        fleet.wait(busy, ("RUNNING",), 30)
         waiting = run_judge(fleet, a, "after_stop", fleet.trace_ids[:50])
         wait_for(lambda: len(fleet.assessments("stopped")) >= 10, 60, "the running judge to be mid-way")
         assert fleet.job(waiting)[0] == "PENDING"
@@ -216,39 +235,45 @@ def test_a_job_whose_instance_stops_before_it_starts_runs_on_another(fleet):
     assert max(stopped.values(), default=0) <= 1
 
 
-def test_a_deploys_overlap_runs_each_job_once_and_leaves_none_behind(fleet):
+def test_a_deploys_overlap_runs_each_job_once_and_leaves_none_behind(fleet, llm):
     old = fleet.server("old").start()
     candidate = fleet.server("candidate")
-    chunks = [fleet.trace_ids[i:i + 50] for i in range(0, 300, 50)]
+    chunks = [fleet.trace_ids[:120], fleet.trace_ids[120:240], fleet.trace_ids[240:270], fleet.trace_ids[270:300]]
     try:
-        jobs = [run_judge(fleet, old, "overlap", chunk) for chunk in chunks[:4]]
+        jobs = [run_judge(fleet, old, "overlap", chunk) for chunk in chunks[:2]]
+        for job in jobs:
+            fleet.wait(job, ("RUNNING",), 30)
         candidate.start()  # the new revision, with no traffic yet
+        wait_for(lambda: "MLflow job runner ready" in candidate.logs(), 60, "the candidate's job runner")
         smoke = requests.get(f"{candidate.url}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
                              auth=ALICE, timeout=30)
         assert smoke.status_code == 200
-        jobs += [run_judge(fleet, candidate, "overlap", chunk) for chunk in chunks[4:]]
+        jobs += [run_judge(fleet, candidate, "overlap", chunk) for chunk in chunks[2:]]
+        time.sleep(2)
         started = time.monotonic()
         assert old.stop() == 0  # promoted: the old revision gets SIGTERM
         stop_seconds = time.monotonic() - started
         for job in jobs:
             fleet.wait(job, TERMINAL, 180)
-        runs = [sum(claims(job, [old, candidate]).values()) for job in jobs]
+        time.sleep(3)
     finally:
         candidate.stop()
         old.stop()
     outcomes = [fleet.job(job) for job in jobs]
     per_trace = fleet.assessments("overlap")
+    calls = [llm.calls_mentioning("judge overlap", f"answer {i} of fleet: 7") for i in range(300)]
+    runs = [sum(claims(job, [old, candidate]).values()) for job in jobs]
     figure(f"deploy overlap: {len(jobs)} jobs, runs per job {runs}, outcomes "
            f"{sorted(collections.Counter(s for s, _ in outcomes).items())}, old revision stopped in "
-           f"{stop_seconds:.1f} s, at most {max(per_trace.values())} assessment per trace")
-    assert runs == [1] * len(jobs)
+           f"{stop_seconds:.1f} s, at most {max(per_trace.values())} assessment and {max(calls)} judge call per trace")
+    assert max(per_trace.values()) == 1 and max(calls) == 1
     for (status, reason), chunk in zip(outcomes, chunks, strict=True):
         assert status in ("SUCCEEDED", "FAILED")
         if status == "SUCCEEDED":
             assert all(per_trace.get(t) == 1 for t in chunk)
         else:
             assert "SIGTERM" in reason
-    assert max(per_trace.values()) == 1
+    assert runs == [1] * len(jobs)
 
 
 def test_cancelling_on_one_instance_stops_the_job_on_the_one_running_it(fleet):
