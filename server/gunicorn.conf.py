@@ -91,7 +91,7 @@ def _start_job_runner(server):
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     env = job_runner.runner_environment(settings.backend_store_uri, settings.default_artifact_root,
                                         f"http://{host}:{settings.port}", app.job_credential, os.getpid())
-    _job_runner = job_runner.start(env, settings.log_level)
+    _job_runner = job_runner.start(env, settings.log_level, server.LISTENERS)
 
 
 def on_exit(server):

@@ -14,7 +14,9 @@ Differences from ``mlflow server``, on purpose:
   the request and whichever instances start or stop meanwhile;
 * one process hosts it all, as threads, instead of MLflow's runner process plus one
   ``huey_consumer`` process per queue (eight interpreters that each import MLflow, 1.4 GB PSS
-  measured); the jobs themselves still run in subprocesses, as in MLflow;
+  measured); it is forked from gunicorn's master once MLflow is loaded there (``start``), so
+  it shares those pages as the web workers do; the jobs themselves still run in subprocesses,
+  as in MLflow;
 * the runner's HTTP calls go through our Basic-auth gate like any other client's, with a
   credential made at start-up for this process tree only (``internal_credential``): 256 random bits,
   never written anywhere, refused from any peer but loopback;
@@ -41,7 +43,6 @@ import os
 import re
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -109,13 +110,55 @@ def runner_environment(backend_store_uri: str, default_artifact_root: str, serve
     return env
 
 
-def start(env: dict[str, str], log_level: str = "info") -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "server.job_runner", log_level], env=env, start_new_session=True)
-    log.info("MLflow job runner started (pid %d), queue folder %s", proc.pid, env.get(HUEY_STORAGE_PATH_ENV_VAR, "-"))
-    return proc
+class ForkedRunner:
+    """The runner process, forked from gunicorn's master: its pid and whether it still runs."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            return 0  # gunicorn's master reaps every child it does not know
+        return None if pid == 0 else os.waitstatus_to_exitcode(status)
 
 
-def stop(proc: subprocess.Popen | None) -> None:
+# the master's handlers (gunicorn's Arbiter.SIGNALS and SIGCHLD), which the runner must not keep
+_MASTER_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN, signal.SIGTTOU,
+                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD)
+
+
+def start(env: dict[str, str], log_level: str = "info", listeners=()) -> ForkedRunner:
+    """Fork the runner from gunicorn's master, as gunicorn forks its workers: MLflow is already
+    imported there and its pages are shared (frozen by ``gc.freeze``), so the runner costs its own
+    work, not a second copy of MLflow, and is ready at once."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()  # a process group of its own: stopped as a whole, jobs included
+            for sig in _MASTER_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            for listener in listeners:
+                listener.close()  # the master's port is not the runner's
+            os.environ.clear()
+            os.environ.update(env)  # what its jobs inherit: no user's password
+            from server.app import after_fork
+
+            after_fork()  # the master's database connections are not the runner's
+            main(log_level)
+        except Exception:
+            log.exception("the job runner failed to start")
+        finally:
+            os._exit(1)  # main() leaves with os._exit(0); reaching here is a failure
+    log.info("MLflow job runner started (pid %d, forked from the server), job folder %s", pid,
+             env.get(HUEY_STORAGE_PATH_ENV_VAR, "-"))
+    return ForkedRunner(pid)
+
+
+def stop(proc: ForkedRunner | None) -> None:
     """Stop the runner and every consumer and job it started (one process group)."""
     if proc is None:
         return
@@ -246,5 +289,3 @@ def run_fleet() -> None:
     os._exit(0)
 
 
-if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "info")

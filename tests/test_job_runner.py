@@ -13,21 +13,13 @@ from werkzeug.test import Client
 from server.auth import BasicAuthMiddleware
 from server.users import User
 from tests.conftest import gcs_server_config
-from tests.services import Server, process_tree, wait_for
+from tests.services import Server, process_tree, wait_for, web_processes
 from tests.test_auth import basic
 
 
-def runner_processes(server: Server) -> list[str]:
-    names = []
-    for pid in process_tree(server.proc.pid):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                cmd = fh.read().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "server.job_runner" in cmd or "mlflow.server.jobs" in cmd or "huey_consumer" in cmd:
-            names.append(cmd)
-    return names
+def runner_processes(server: Server) -> list[int]:
+    """The job runner and what it started: forked from gunicorn's master into a session of its own."""
+    return [pid for pid in process_tree(server.proc.pid) if pid not in web_processes(server.proc.pid)]
 
 
 def alive(pids: list[int]) -> list[int]:
@@ -58,9 +50,9 @@ def test_the_runner_starts_with_the_server_and_stops_with_it_within_10_s(tmp_pat
         wait_for(lambda: not alive(tree), 3, "every process of the server and its runner to end")
     finally:
         server.stop()
-    folder = next(line.split("queue folder ", 1)[1].split('"', 1)[0] for line in server.logs().splitlines()
-                  if "queue folder " in line)
-    assert not os.path.exists(folder), "the in-memory queue folder outlived the server"
+    folder = next(line.split("job folder ", 1)[1].split('"', 1)[0] for line in server.logs().splitlines()
+                  if "job folder " in line)
+    assert not os.path.exists(folder), "the in-memory job folder outlived the server"
     print(f"\nSIGTERM to exit with the job runner: {took:.2f} s")
     assert code == 0 and took < 8
 
