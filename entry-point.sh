@@ -7,7 +7,7 @@
 #             for a laptop without Postgres; same as MLFLOW_LOCAL_MODE=true.
 #   --check   validate the configuration, print the problems, exit (0 = OK, 2 = problems).
 #
-# All configuration is read by server/config.py (variables, NAME_FILE files, /run/secrets,
+# All configuration is read by server/config/ (variables, NAME_FILE files, /run/secrets,
 # sm:// Secret Manager references); this script only prepares the process and execs gunicorn,
 # so gunicorn is PID 1 and receives SIGTERM directly.
 # The functions below can be sourced by tests: `source entry-point.sh` runs nothing.

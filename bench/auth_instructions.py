@@ -34,9 +34,9 @@ def inner(uri: str, bcrypt_line: str, rounds: int, requests: int, sync: Path) ->
     """Runs under valgrind: waits for `go<i>` before block i, writes `done<i>` (its kind) after."""
     from werkzeug.test import Client
 
-    from server.auth import BasicAuthMiddleware
-    from server.failures import FailureLimiter
-    from server.users import merge, parse_htpasswd
+    from server.gate.auth import BasicAuthMiddleware
+    from server.gate.failures import FailureLimiter
+    from server.gate.users import merge, parse_htpasswd
 
     app = in_process_app(uri, str(sync / "artifacts"))  # the auth layer outermost, plain password
     hashed = merge(parse_htpasswd(bcrypt_line, "bench"))

@@ -5,8 +5,8 @@ settings file as the real app: ``entry-point.sh bench.noauth_wsgi:application``.
 """
 
 from server.app import create_app
-from server.auth import BasicAuthMiddleware
 from server.config import current_settings
+from server.gate.auth import BasicAuthMiddleware
 
 application = create_app(current_settings())
 if not isinstance(application, BasicAuthMiddleware):

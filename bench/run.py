@@ -275,9 +275,9 @@ def middleware_cost_us(hashed: str, calls: int = 50_000) -> dict:
     """In-process cost of BasicAuthMiddleware per authenticated request, over a bare WSGI app."""
     import timeit
 
-    from server.auth import BasicAuthMiddleware
-    from server.failures import FailureLimiter
-    from server.users import merge, parse_htpasswd
+    from server.gate.auth import BasicAuthMiddleware
+    from server.gate.failures import FailureLimiter
+    from server.gate.users import merge, parse_htpasswd
 
     def bare(environ, start_response):
         start_response("200 OK", [])

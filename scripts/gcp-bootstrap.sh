@@ -181,7 +181,7 @@ ensure_users() {
 	printf '%s\n' "$wanted" | add_version "$SECRET_USERS"
 }
 
-# The IAP roles (server/iap.py) start with IAP_ADMIN as the one admin; after that the file is the
+# The IAP roles (server/gate/iap.py) start with IAP_ADMIN as the one admin; after that the file is the
 # team's (docs/deploy.md, "Google sign-in (IAP)"), never rewritten here.
 ensure_iap_roles() {
 	ensure_secret_resource "$SECRET_IAP_ROLES"

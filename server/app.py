@@ -15,23 +15,27 @@ from __future__ import annotations
 import logging
 import os
 
-from server import config, experiment_guard, job_runner, logs, mlflow_env, write_once
-from server.account import AccountRoutes
-from server.auth import BasicAuthMiddleware
-from server.error_bodies import PlainServerErrors
-from server.failures import FailureLimiter, HashBudget, SharedCounters
-from server.fleet_failures import FleetFailures, fleet_key
-from server.iap import IapKeys, IapVerifier
-from server.migrate import ensure_schema
-from server.native_routes import NativeRoutes, leaves
-from server.request_limits import RequestLimits
-from server.role_gate import RoleGate
-from server.route_access import RouteAccess
-from server.route_guard import RouteGuard
-from server.security_headers import SecurityHeaders
-from server.trusted_proxy import TrustedProxyFix
-from server.ui_compat import UiCompat
-from server.watched_table import WatchedTable
+from server import config
+from server.borrowed import mlflow_env
+from server.borrowed.migrate import ensure_schema
+from server.borrowed.native_routes import NativeRoutes, leaves
+from server.borrowed.ui_compat import UiCompat
+from server.gate.account import AccountRoutes
+from server.gate.auth import BasicAuthMiddleware
+from server.gate.failures import FailureLimiter, HashBudget, SharedCounters
+from server.gate.fleet_failures import FleetFailures, fleet_key
+from server.gate.iap import IapKeys, IapVerifier
+from server.gate.role_gate import RoleGate
+from server.gate.route_access import RouteAccess
+from server.gate.watched_table import WatchedTable
+from server.jobs import runner as job_runner
+from server.limits import experiment_guard, write_once
+from server.limits.request_limits import RequestLimits
+from server.limits.route_guard import RouteGuard
+from server.serving import logs
+from server.serving.error_bodies import PlainServerErrors
+from server.serving.security_headers import SecurityHeaders
+from server.serving.trusted_proxy import TrustedProxyFix
 
 log = logging.getLogger("server.app")
 
@@ -66,7 +70,7 @@ def create_app(settings: config.Settings):
     from mlflow.server import app as mlflow_app
     from mlflow.server import handlers
 
-    from server import artifact_streaming, internals, json_responses, metric_writes
+    from server.borrowed import artifact_streaming, internals, json_responses, metric_writes
 
     speed_patches_off = internals.verify()  # refuses to start if a safety patch's target changed
     _settle_mlflow_auth_module()
@@ -84,10 +88,10 @@ def create_app(settings: config.Settings):
     if job_credential:
         from mlflow.environment_variables import MLFLOW_SERVER_JOB_LEASE_TTL
 
-        from server import job_submit
+        from server.jobs import submit as job_submit
 
         # before the workers fork: a submitted job goes to the database, where every
-        # instance's runner can take it (server/job_fleet.py)
+        # instance's runner can take it (server/jobs/fleet.py)
         job_submit.install(job_runner.prepare_queue_folder(), MLFLOW_SERVER_JOB_LEASE_TTL.get())
 
     # every experiment keeps its artifacts in this server's store, whichever way it is created
@@ -131,7 +135,7 @@ def create_app(settings: config.Settings):
 def _route_access(mlflow_app, native: NativeRoutes) -> RouteAccess:
     access = RouteAccess(mlflow_app, list(leaves(native.routes)))
     if access.unclassified:
-        log.warning("%d route(s) of MLflow are not in server/route_access.py's table; they count as writes: %s",
+        log.warning("%d route(s) of MLflow are not in server/gate/route_access.py's table; they count as writes: %s",
                     len(access.unclassified), ", ".join(f"{m} {p}" for m, p in access.unclassified))
     return access
 

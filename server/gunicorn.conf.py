@@ -5,8 +5,8 @@ import gc
 import os
 import sys
 
-from server import logs
 from server.config import ConfigError, current_settings
+from server.serving import logs
 
 # No garbage collection while the master imports MLflow and opens the stores: collections
 # over a growing heap of long-lived objects cost ~0.8 s of every cold start (measured).
@@ -27,7 +27,7 @@ bind = [f"{settings.host}:{settings.port}"]
 
 # gthread: a slow multi-GB upload holds one thread, not a whole worker, and the worker's
 # heartbeat keeps running, so `timeout` (a hung worker's limit) never cuts a long transfer.
-worker_class = "server.worker.ThreadWorker"  # gthread; see server/worker.py
+worker_class = "server.serving.worker.ThreadWorker"  # gthread; see server/serving/worker.py
 workers = settings.workers
 threads = settings.threads
 timeout = settings.worker_timeout
@@ -55,7 +55,7 @@ limit_request_fields = 100
 limit_request_field_size = 8190
 
 # One JSON line per request (user, status, latency) and JSON error logs, secrets redacted.
-logger_class = "server.logs.GunicornLogger"
+logger_class = "server.serving.logs.GunicornLogger"
 accesslog = "-"
 errorlog = "-"
 loglevel = settings.log_level
@@ -78,13 +78,14 @@ def when_ready(server):
 
 
 # MLflow's job runner (judges, scorers, evaluation and the periodic tasks), started by the
-# master once the app is loaded and stopped with it: see server/job_runner.py.
+# master once the app is loaded and stopped with it: see server/jobs/runner.py.
 _job_runner = None
 
 
 def _start_job_runner(server):
     global _job_runner
-    from server import app, job_runner
+    from server import app
+    from server.jobs import runner as job_runner
 
     if app.job_credential is None:
         return
@@ -95,7 +96,7 @@ def _start_job_runner(server):
 
 
 def on_exit(server):
-    from server import job_runner
+    from server.jobs import runner as job_runner
 
     job_runner.stop(_job_runner)
     if _job_runner is not None:
@@ -105,7 +106,7 @@ def on_exit(server):
 def post_fork(server, worker):
     from server.app import after_fork
 
-    # a stop signal caught by the master's handlers this process still has (server/worker.py)
+    # a stop signal caught by the master's handlers this process still has (server/serving/worker.py)
     worker.inherited_signals = server.SIG_QUEUE
     gc.set_threshold(*gc_thresholds)
     after_fork()

@@ -535,7 +535,7 @@ def wait_for_workers(pid: int, workers: int, timeout: float = 60) -> None:
 
 def web_processes(pid: int) -> list[int]:
     """gunicorn's master `pid` and its workers, without MLflow's job runner and its consumers
-    (they run in a session of their own, server/job_runner.py)."""
+    (they run in a session of their own, server/jobs/runner.py)."""
     try:
         session = os.getsid(pid)
     except OSError:

@@ -11,9 +11,9 @@ import bcrypt
 import pytest
 import requests
 
-from server import auth as auth_mod
-from server.auth import BasicAuthMiddleware, parse_basic
-from server.users import User
+from server.gate import auth as auth_mod
+from server.gate.auth import BasicAuthMiddleware, parse_basic
+from server.gate.users import User
 from tests.conftest import ALICE, BOB, USERS_FILE, gcs_server_config
 from tests.services import Server
 
@@ -225,7 +225,7 @@ def test_a_check_in_flight_during_a_rotation_is_not_remembered_for_the_new_users
 
 
 def test_users_file_parsing_matches_htpasswd_and_legacy_forms():
-    from server.users import parse_htpasswd, parse_wsgi_auth_credentials
+    from server.gate.users import parse_htpasswd, parse_wsgi_auth_credentials
 
     users = parse_htpasswd(USERS_FILE, "test")
     assert [u.name for u in users] == ["alice", "bob"] and users[1].kind == "bcrypt"
@@ -237,8 +237,8 @@ def test_the_same_header_at_once_takes_one_hash_check():
     """Sixteen training jobs starting together with one hashed credential: one check, sixteen users."""
     import threading
 
-    from server.auth import BasicAuthMiddleware
-    from server.users import User
+    from server.gate.auth import BasicAuthMiddleware
+    from server.gate.users import User
 
     hashed = bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(rounds=10)).decode()
     table = {"bob": User("bob", hashed, "bcrypt")}

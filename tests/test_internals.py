@@ -1,4 +1,4 @@
-"""Contract tests for server/internals.py: what we borrow from MLflow, gunicorn and protobuf.
+"""Contract tests for server/borrowed/internals.py: what we borrow from MLflow, gunicorn and protobuf.
 
 * every entry fits the installed (pinned) versions;
 * the source of every borrowed function and class is the one our code was written against
@@ -19,7 +19,7 @@ from importlib.metadata import version
 
 import pytest
 
-from server import internals
+from server.borrowed import internals
 from tests.services import ROOT
 
 DIGESTS = ROOT / "tests" / "data" / "internals_digests.json"
@@ -43,7 +43,7 @@ def current_digests() -> dict[str, str]:
 
 def test_written_for_the_pinned_versions():
     for package, wanted in internals.WRITTEN_FOR.items():
-        assert version(package) == wanted, f"{package} is {version(package)}: re-read server/internals.py"
+        assert version(package) == wanted, f"{package} is {version(package)}: re-read server/borrowed/internals.py"
 
 
 def test_every_entry_fits_the_installed_versions():
@@ -66,12 +66,12 @@ def test_every_patch_module_is_in_the_list():
     # a module of ours that imports MLflow, gunicorn or protobuf internals must have an entry
     used_by = {m for e in internals.ENTRIES for m in e.used_by.split(", ")}
     borrowing = []
-    for path in sorted((ROOT / "server").glob("*.py")):
+    for path in sorted((ROOT / "server").rglob("*.py")):
         text = path.read_text()
         if any(marker in text for marker in ("handlers._", "SqlAlchemyStore._", "from gunicorn", "json_format",
                                               "fastapi_app", "mlflow.server.jobs", "db_utils._")):
-            borrowing.append(f"server/{path.name}")
-    missing = [m for m in borrowing if m not in used_by and m != "server/internals.py"]
+            borrowing.append(str(path.relative_to(ROOT)))
+    missing = [m for m in borrowing if m not in used_by and m != "server/borrowed/internals.py"]
     assert missing == []
 
 
@@ -93,6 +93,6 @@ def test_a_missing_safety_target_stops_the_server():
 def test_a_changed_speed_target_switches_off_with_a_warning(caplog):
     entry = internals.Entry("fast path", "speed", "server/demo.py", "demo",
                             (internals.Target("json", "dumps", value="not a function"),))
-    with caplog.at_level(logging.WARNING, logger="server.internals"):
+    with caplog.at_level(logging.WARNING, logger="server.borrowed.internals"):
         assert internals.verify((entry,)) == {"fast path"}
     assert "fast path switched off" in caplog.text

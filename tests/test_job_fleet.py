@@ -1,5 +1,5 @@
 """Several of our servers on one PostgreSQL behave as one server for MLflow's jobs
-(server/job_fleet.py, server/job_periodic.py): what Cloud Run does to them (scale out, scale
+(server/jobs/fleet.py, server/jobs/periodic.py): what Cloud Run does to them (scale out, scale
 in, a container killed whole, a deploy's overlap) never runs a job twice or leaves one behind.
 
 Each server is started as the container starts it (``entry-point.sh``) and driven by the stock

@@ -1,4 +1,4 @@
-"""MLflow's job runner beside our server (server/job_runner.py): it runs, it stops with the
+"""MLflow's job runner beside our server (server/jobs/runner.py): it runs, it stops with the
 server inside Cloud Run's 10 s, it can be turned off, and its credential works only for it."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import time
 import pytest
 from werkzeug.test import Client
 
-from server.auth import BasicAuthMiddleware
-from server.users import User
+from server.gate.auth import BasicAuthMiddleware
+from server.gate.users import User
 from tests.conftest import gcs_server_config
 from tests.services import Server, process_tree, wait_for, web_processes
 from tests.test_auth import basic

@@ -1,4 +1,4 @@
-"""The shared queue's statements (server/job_table.py) on MLflow's own tables, on a real
+"""The shared queue's statements (server/jobs/table.py) on MLflow's own tables, on a real
 PostgreSQL and on SQLite (local mode): claims, reservations, leases, settling a dead runner's
 jobs, exclusive keys and periodic leases, each with the race it exists for."""
 
@@ -10,7 +10,7 @@ import time
 import pytest
 import sqlalchemy
 
-from server.job_table import CANCELED, FAILED, PENDING, RUNNING, JobTable
+from server.jobs.table import CANCELED, FAILED, PENDING, RUNNING, JobTable
 
 LEASE_MS = 2_000
 

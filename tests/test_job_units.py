@@ -16,10 +16,10 @@ import time
 import pytest
 import sqlalchemy
 
-from server import job_submit
-from server.job_fleet import LOST_RUNNER, RERUN_SAFE
-from server.job_periodic import FleetSchedule
-from server.job_table import JobTable
+from server.jobs import submit as job_submit
+from server.jobs.fleet import LOST_RUNNER, RERUN_SAFE
+from server.jobs.periodic import FleetSchedule
+from server.jobs.table import JobTable
 
 
 @pytest.fixture

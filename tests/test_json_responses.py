@@ -1,4 +1,4 @@
-"""server.json_responses emits the same JSON values as MLflow's own message_to_json.
+"""server.borrowed.json_responses emits the same JSON values as MLflow's own message_to_json.
 
 MLflow's function is the oracle: every message below goes through both, and the parsed
 values must be equal; ours must also be compact (the point of the module) and be what the
@@ -16,7 +16,7 @@ from mlflow.protos import model_registry_pb2 as registry
 from mlflow.protos import service_pb2 as service
 from mlflow.utils.proto_json_utils import message_to_json as mlflow_message_to_json
 
-from server.json_responses import message_to_json
+from server.borrowed.json_responses import message_to_json
 
 BIG_INT64 = 2**62 + 1  # not exact as a float: protobuf's printer would quote it
 
@@ -100,7 +100,7 @@ def test_installed_into_mlflow_handlers_only():
     import mlflow.utils.proto_json_utils as proto_json_utils
     from mlflow.server import handlers
 
-    from server import json_responses
+    from server.borrowed import json_responses
 
     original = handlers.message_to_json
     try:

@@ -7,9 +7,10 @@ import os
 
 import pytest
 
-from server import experiment_guard, request_limits, security_headers, trusted_proxy
-from server.failures import FailureLimiter, HashBudget, SharedCounters, client_key
-from server.request_limits import RequestRefusedError
+from server.gate.failures import FailureLimiter, HashBudget, SharedCounters, client_key
+from server.limits import experiment_guard, request_limits
+from server.limits.request_limits import RequestRefusedError
+from server.serving import security_headers, trusted_proxy
 
 
 class Clock:

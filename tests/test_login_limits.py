@@ -25,7 +25,7 @@ SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 DAVE = ("dave", "dave-c0st12-password")  # bcrypt cost 12, as htpasswd -B makes it
 DAVE_HASH = bcrypt.hashpw(DAVE[1].encode(), bcrypt.gensalt(rounds=12)).decode()
 ERIN = ("erin", "erin-Pl41n-password")
-FLEET_FLUSH_WAIT = 1.6  # server/fleet_failures.py shares the counts once a second
+FLEET_FLUSH_WAIT = 1.6  # server/gate/fleet_failures.py shares the counts once a second
 
 
 def users_file() -> str:

@@ -1,4 +1,4 @@
-"""server.metric_writes stores and answers exactly what MLflow's own metric writes do.
+"""server.borrowed.metric_writes stores and answers exactly what MLflow's own metric writes do.
 
 MLflow's path is the oracle: the same sequence of ``log_metric`` calls (out of order,
 duplicates, NaN, infinities, ties broken by timestamp then value) and of ``log_batch`` calls
@@ -28,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from sqlalchemy import event
 
-from server import metric_writes
+from server.borrowed import metric_writes
 from server.config import normalize_backend_uri
 from tests.services import ROOT
 

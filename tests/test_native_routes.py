@@ -1,4 +1,4 @@
-"""Which requests server/native_routes.py hands to MLflow's FastAPI app, decided in-process
+"""Which requests server/borrowed/native_routes.py hands to MLflow's FastAPI app, decided in-process
 against MLflow's real app (the end-to-end answers are in tests/test_parity.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from server.native_routes import NativeRoutes, native_routes, route_table
+from server.borrowed.native_routes import NativeRoutes, native_routes, route_table
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_everything_else_reaches_flask_unchanged(routes):
 
 
 def test_an_unsized_body_larger_than_the_bound_is_refused_before_fastapi(routes, monkeypatch):
-    monkeypatch.setattr("server.native_routes.MAX_UNSIZED_BODY", 1024)
+    monkeypatch.setattr("server.borrowed.native_routes.MAX_UNSIZED_BODY", 1024)
     environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/traces", "wsgi.input": io.BytesIO(b"x" * 2048),
                "wsgi.input_terminated": True}
     status, body = _call(routes, environ)

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from server import config, iap, roles
-from server.users import UsersError, parse_htpasswd, parse_wsgi_auth_credentials
+from server import config
+from server.gate import iap, roles
+from server.gate.users import UsersError, parse_htpasswd, parse_wsgi_auth_credentials
 from tests.iap_tokens import AUDIENCE, KeyServer, SigningKey
 
 
@@ -77,14 +78,14 @@ def access():
     from mlflow.server import app as mlflow_app
     from mlflow.server.fastapi_app import create_fastapi_app
 
-    from server.native_routes import leaves, native_routes
-    from server.route_access import RouteAccess
+    from server.borrowed.native_routes import leaves, native_routes
+    from server.gate.route_access import RouteAccess
 
     return RouteAccess(mlflow_app, list(leaves(native_routes(create_fastapi_app(mlflow_app)))))
 
 
 def test_every_route_mlflow_has_is_in_the_table_and_the_table_names_no_other(access):
-    # fails when an MLflow upgrade adds a route (classify it in server/route_access.py) or drops one
+    # fails when an MLflow upgrade adds a route (classify it in server/gate/route_access.py) or drops one
     assert access.unclassified == []
     assert access.stale == []
 
@@ -191,7 +192,7 @@ def test_keys_that_cannot_be_fetched_are_unavailable_not_a_pass():
 
 
 def test_the_forms_a_model_version_may_record_its_folder_in():
-    from server.write_once import ancestors, location_forms
+    from server.limits.write_once import ancestors, location_forms
 
     assert ancestors("1/models/m-1/artifacts/MLmodel") == [
         "1", "1/models", "1/models/m-1", "1/models/m-1/artifacts", "1/models/m-1/artifacts/MLmodel"]
@@ -204,7 +205,7 @@ def test_the_forms_a_model_version_may_record_its_folder_in():
 def test_local_and_listing_repositories_tell_what_exists(tmp_path):
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-    from server.write_once import exists
+    from server.limits.write_once import exists
 
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "f.txt").write_text("x")
@@ -219,7 +220,7 @@ def test_local_and_listing_repositories_tell_what_exists(tmp_path):
 
 
 def test_the_ui_gets_the_role_as_permissions():
-    from server import account
+    from server.gate import account
 
     assert account.permissions("viewer")["permissions"][0]["permission"] == "READ"
     assert account.permissions("editor")["permissions"][0]["permission"] == "EDIT"
@@ -232,7 +233,7 @@ def test_the_ui_gets_the_role_as_permissions():
 def test_with_iap_alone_only_assertions_and_the_job_runner_get_in(keys):
     import base64
 
-    from server.auth import BasicAuthMiddleware
+    from server.gate.auth import BasicAuthMiddleware
 
     key, server = keys
     seen = []

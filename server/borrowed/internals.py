@@ -1,0 +1,321 @@
+"""Every internal of MLflow, gunicorn and protobuf that this server patches, replaces,
+subclasses or reads: the one list to read when a pin moves.
+
+Each entry names what it touches, the module of ours that touches it, why, and the kind:
+
+* ``safety``: without it the server would be less safe or lose data (the auth gate, shutdown,
+  memory and connection bounds, routes). If its target is missing or changed shape, the server
+  refuses to start with an error that names the entry.
+* ``speed``: a faster path for the same result. If its target changed, the patch switches
+  itself off with a warning and MLflow's own code runs.
+
+"Shape" is what our code relies on: the attribute exists, and a callable's parameters are the
+ones listed. ``verify()`` runs at start-up (``server/app.py``); ``tests/test_internals.py`` is
+the contract test, and also pins a digest of each target's source, so a pin bump whose target
+changed at all fails there and points at the entry to re-read.
+
+Upgrading MLflow (or gunicorn, protobuf): bump the pin, run the tests, read the entries that
+fail, re-check their code against the new version, update ``WRITTEN_FOR`` and the digests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from dataclasses import dataclass, field
+
+log = logging.getLogger("server.internals")
+
+WRITTEN_FOR = {"mlflow": "3.17.2", "gunicorn": "27.0.1", "protobuf": "7.36.2", "fastapi": "0.165.0", "huey": "3.5.4", "werkzeug": "3.1.9"}
+
+# Names MLflow's server reads from the environment; ``mlflow server`` sets them for its workers.
+BACKEND_STORE_URI_ENV_VAR = "_MLFLOW_SERVER_FILE_STORE"
+REGISTRY_STORE_URI_ENV_VAR = "_MLFLOW_SERVER_REGISTRY_STORE"
+ARTIFACT_ROOT_ENV_VAR = "_MLFLOW_SERVER_ARTIFACT_ROOT"
+SERVE_ARTIFACTS_ENV_VAR = "_MLFLOW_SERVER_SERVE_ARTIFACTS"
+ARTIFACTS_DESTINATION_ENV_VAR = "_MLFLOW_SERVER_ARTIFACT_DESTINATION"
+HUEY_STORAGE_PATH_ENV_VAR = "_MLFLOW_HUEY_STORAGE_PATH"
+
+
+# the speed entries, by the names create_app asks verify() about
+COMPACT_JSON = "compact JSON responses"
+METRIC_WRITES = "one-statement metric writes"
+
+
+class InternalsChangedError(RuntimeError):
+    """A safety entry's target is missing or changed shape: the server must not start."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One attribute we rely on: ``module`` plus a dotted ``attr`` path (empty: the module)."""
+
+    module: str
+    attr: str = ""
+    params: tuple[str, ...] | None = None  # a callable's parameter names, in order
+    value: object = None  # a constant's expected value
+    contains: str | None = None  # text its source must hold (an instance attribute it sets)
+
+    @property
+    def name(self) -> str:
+        return f"{self.module}:{self.attr}" if self.attr else self.module
+
+    def resolve(self):
+        obj = importlib.import_module(self.module)
+        for part in filter(None, self.attr.split(".")):
+            obj = getattr(obj, part)
+        return obj
+
+    def problem(self) -> str | None:
+        """Why this target no longer fits our code, or None."""
+        try:
+            obj = self.resolve()
+        except (ImportError, AttributeError) as exc:
+            return f"{self.name} is gone ({exc.__class__.__name__}: {exc})"
+        if self.params is not None:
+            try:
+                params = tuple(inspect.signature(obj).parameters)
+            except (TypeError, ValueError):
+                return f"{self.name} is no longer a function"
+            if params != self.params:
+                return f"{self.name} now takes {params}, written for {self.params}"
+        if self.value is not None and obj != self.value:
+            return f"{self.name} is now {obj!r}, written for {self.value!r}"
+        if self.contains is not None:
+            try:
+                source = inspect.getsource(obj)
+            except (OSError, TypeError):
+                return f"{self.name}: its source cannot be read"
+            if self.contains not in source:
+                return f"{self.name} no longer has {self.contains!r}"
+        return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str  # "safety" or "speed"
+    used_by: str
+    why: str
+    targets: tuple[Target, ...] = field(default_factory=tuple)
+
+    def problems(self) -> list[str]:
+        return [p for p in (t.problem() for t in self.targets) if p]
+
+
+H = "mlflow.server.handlers"
+SQL_TRACKING = "mlflow.store.tracking.sqlalchemy_store"
+SQL_REGISTRY = "mlflow.store.model_registry.sqlalchemy_store"
+
+ENTRIES: tuple[Entry, ...] = (
+    Entry("server environment", "safety", "server/borrowed/mlflow_env.py",
+          "the variables MLflow's Flask app reads for its stores and artifact proxy at import",
+          (Target("mlflow.server.constants", "BACKEND_STORE_URI_ENV_VAR", value=BACKEND_STORE_URI_ENV_VAR),
+           Target("mlflow.server.constants", "REGISTRY_STORE_URI_ENV_VAR", value=REGISTRY_STORE_URI_ENV_VAR),
+           Target("mlflow.server.constants", "ARTIFACT_ROOT_ENV_VAR", value=ARTIFACT_ROOT_ENV_VAR),
+           Target("mlflow.server.constants", "SERVE_ARTIFACTS_ENV_VAR", value=SERVE_ARTIFACTS_ENV_VAR),
+           Target("mlflow.server.constants", "ARTIFACTS_DESTINATION_ENV_VAR",
+                  value=ARTIFACTS_DESTINATION_ENV_VAR))),
+    Entry("store start-up", "safety", "server/app.py",
+          "the stores are opened in gunicorn's master and their engines disposed after the fork",
+          (Target(H, "initialize_backend_stores",
+                  params=("backend_store_uri", "registry_store_uri", "default_artifact_root",
+                          "workspace_store_uri", "read_replica_backend_store_uri")),
+           Target(H, "_tracking_store"), Target(H, "_model_registry_store"))),
+    Entry("MLflow's auth app marked absent", "safety", "server/app.py",
+          "search_runs imports mlflow.server.auth per call: without Flask-WTF that fails slowly and, "
+          "under concurrency, with a 500; None in sys.modules makes it fail fast and alike",
+          (Target(H, "search_runs_impl", contains="from mlflow.server import auth"),)),
+    Entry("one connection pool per worker", "safety", "server/app.py",
+          "the registry store shares the tracking store's engine map: the connection bound in the README",
+          (Target(SQL_TRACKING, "SqlAlchemyStore._engine_map"), Target(SQL_REGISTRY, "SqlAlchemyStore._engine_map"))),
+    Entry("schema migration", "safety", "server/borrowed/migrate.py",
+          "migrations once, under an advisory lock, before the workers fork",
+          (Target("mlflow.store.db.utils", "_all_tables_exist", params=("engine",)),
+           Target("mlflow.store.db.utils", "_is_empty_database", params=("engine",)),
+           Target("mlflow.store.db.utils", "_initialize_tables", params=("engine",)),
+           Target("mlflow.store.db.utils", "_get_latest_schema_revision", params=()),
+           Target("mlflow.store.db.utils", "_get_schema_version", params=("engine",)),
+           Target("mlflow.store.db.utils", "_upgrade_db", params=("engine",)))),
+    Entry("streaming artifact proxy", "safety", "server/borrowed/artifact_streaming.py",
+          "uploads and downloads through the proxy in bounded chunks instead of whole temp files "
+          "(on Cloud Run /tmp is memory)",
+          (Target(H, "_send_artifact", params=("artifact_repository", "path")),
+           Target(H, "validate_path_is_safe", params=("path",)),
+           Target(H, "_get_workspace_scoped_repo_path_if_enabled", params=("artifact_path",)),
+           Target(H, "_get_artifact_repo_mlflow_artifacts", params=()),
+           Target(H, "_content_disposition_attachment", params=("filename",)),
+           Target(H, "_guess_mime_type", params=("file_path",)),
+           Target(H, "catch_mlflow_exception"),
+           Target("mlflow.store.artifact.artifact_repository_registry", "_artifact_repository_registry"),
+           Target("mlflow.store.artifact.artifact_repo", "StreamUploadMixin"),
+           Target("mlflow.store.artifact.gcs_artifact_repo", "GCSArtifactRepository"),
+           Target("mlflow.store.artifact.s3_artifact_repo", "S3ArtifactRepository"))),
+    Entry("FastAPI-only routes", "safety", "server/borrowed/native_routes.py",
+          "MLflow's FastAPI app (OTLP traces, jobs, gateway, MCP registry, assistant) behind our gate",
+          (Target("mlflow.server.fastapi_app", "create_fastapi_app", params=("flask_app",)),
+           Target("mlflow.server.artifact_router", "artifact_router"),
+           Target("mlflow.server.server_info_api", "server_info_router"),
+           Target("fastapi.routing", "_RouterIncludeContext"))),
+    Entry("job runner", "safety", "server/jobs/runner.py, server/jobs/fleet.py, server/jobs/periodic.py",
+          "MLflow's job runner done in one process beside the server, taking jobs from the database as one of "
+          "a fleet: its job functions, their subprocess, the store's transitions and its periodic tasks",
+          (Target("mlflow.server.constants", "HUEY_STORAGE_PATH_ENV_VAR", value=HUEY_STORAGE_PATH_ENV_VAR),
+           Target("mlflow.server.jobs.utils", "_job_name_to_fn_fullname_map"),
+           Target("mlflow.server.jobs.utils", "_load_function", params=("fullname",)),
+           Target("mlflow.server.jobs.utils", "get_job_fn_fullname", params=("job_name",)),
+           Target("mlflow.server.jobs.utils", "_prepare_job_subprocess",
+                  params=("function_fullname", "params", "python_env", "transient_error_classes", "tmpdir",
+                          "job_id", "job_name", "workspace", "extra_envs")),
+           Target("mlflow.server.jobs.utils", "_SubprocessJobResult.load", params=("path",)),
+           Target("mlflow.server.jobs.utils", "_SubprocessJobResult.from_error",
+                  params=("e", "transient_error_classes")),
+           Target("mlflow.server.jobs.utils", "_compute_job_lock_key",
+                  params=("job_name", "params", "exclusive", "workspace")),
+           Target("mlflow.server.jobs.utils", "register_periodic_tasks", params=("huey_instance",)),
+           Target("mlflow.server.jobs.utils", "_start_watcher_to_kill_job_runner_if_mlflow_server_dies",
+                  params=("check_interval",)),
+           Target("mlflow.server.jobs.logging_utils", "configure_logging_for_jobs", params=()),
+           Target("mlflow.utils.process", "_exec_cmd"),
+           Target("mlflow.utils.workspace_context", "ServerWorkspaceContext"),
+           Target("mlflow.environment_variables", "MLFLOW_SERVER_JOB_LEASE_TTL"),
+           *(Target("mlflow.store.jobs.sqlalchemy_store", f"SqlAlchemyJobStore.{name}", params=("self", "job_id", *rest))
+             for name, rest in (("finish_job", ("result",)), ("fail_job", ("error",)),
+                                ("retry_or_fail_job", ("error",)), ("mark_job_timed_out", ()),
+                                ("cancel_job", ()))),
+           *(Target("mlflow.entities._job_status", "JobStatus.to_int", contains=f"JobStatus.{status}: {number}")
+             for status, number in (("PENDING", 0), ("RUNNING", 1), ("FAILED", 3), ("CANCELED", 5),
+                                    ("NEEDS_RECOVERY", 6))))),
+    Entry("one queue for the fleet", "safety", "server/jobs/submit.py, server/jobs/table.py",
+          "a submitted job stays in MLflow's jobs table, which every instance's runner claims from under "
+          "leases; exclusive jobs and periodic tasks take rows of MLflow's job_locks and scheduler_leases",
+          (Target("mlflow.server.jobs", "submit_job", contains="huey_instance.submit_task("),
+           Target("mlflow.server.jobs", "submit_job", contains="job_store.create_job("),
+           Target("mlflow.server.jobs.utils", "_get_or_init_huey_instance", params=("instance_key",)),
+           *(Target("mlflow.store.tracking.dbmodels.models", f"SqlJob.{column}")
+             for column in ("id", "creation_time", "job_name", "params", "workspace", "timeout", "status",
+                            "result", "retry_count", "last_update_time", "lease_expires_at", "status_message",
+                            "progress", "progress_updated_at", "token_hash", "scoped_permissions",
+                            "next_attempt_at")),
+           *(Target("mlflow.store.tracking.dbmodels.models", f"SqlJobLock.{column}")
+             for column in ("lock_key", "job_id", "acquired_at")),
+           *(Target("mlflow.store.tracking.dbmodels.models", f"SqlSchedulerLease.{column}")
+             for column in ("lease_key", "acquired_at", "ttl_seconds")))),
+    Entry("request heads in the event loop", "safety", "server/serving/worker.py",
+          "a thread takes a connection only once its request head (or HTTP/2 preface) is in: slow and "
+          "silent clients cannot hold the threads; idle HTTP/2 connections wait in the loop",
+          (Target("gunicorn.workers.gthread", "TConn.__init__", params=("self", "cfg", "sock", "client", "server")),
+           Target("gunicorn.workers.gthread", "TConn.init", contains="negotiation.read_preface_blocking(self.sock)"),
+           Target("gunicorn.workers.gthread", "_DEFER"),
+           Target("gunicorn.workers.gthread", "ThreadWorker.accept", params=("self", "listener")),
+           Target("gunicorn.workers.gthread", "ThreadWorker.enqueue_req", params=("self", "conn")),
+           Target("gunicorn.workers.gthread", "ThreadWorker.on_client_socket_readable",
+                  params=("self", "conn", "client")),
+           Target("gunicorn.workers.gthread", "ThreadWorker.murder_pending", params=("self",)),
+           Target("gunicorn.workers.gthread", "ThreadWorker.finish_request", contains="result is _DEFER"),
+           Target("gunicorn.workers.gthread", "ThreadWorker.handle", contains="return self.handle_http2(conn)"),
+           Target("gunicorn.workers.gthread", "ThreadWorker.handle_http2", params=("self", "conn")),
+           Target("gunicorn.workers.gthread", "ThreadWorker._serve_http2_stream",
+                  params=("self", "req", "conn", "h2_conn")),
+           Target("gunicorn.http.unreader", "Unreader.unread", params=("self", "data")),
+           Target("gunicorn.http2.negotiation", "H2C_PREFACE", value=b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+           Target("gunicorn.http2.negotiation", "prior_knowledge_allowed", params=("cfg", "peer_addr")),
+           Target("gunicorn.http2.negotiation", "mismatch_is_error", params=("cfg",)),
+           Target("gunicorn.http.wsgi", "Response.should_close", contains="self.must_close"))),
+    Entry("HTTP/2 streams served side by side", "safety", "server/serving/h2_streams.py",
+          "one reader per HTTP/2 connection, each request in its own thread: a stalled upload does not "
+          "hold up the connection's other streams",
+          (Target("gunicorn.http2.connection", "HTTP2ServerConnection.__init__",
+                  params=("self", "cfg", "sock", "client_addr")),
+           Target("gunicorn.http2.connection", "HTTP2ServerConnection.pump", params=("self", "stream_id")),
+           Target("gunicorn.http2.connection", "HTTP2ServerConnection._read_and_process",
+                  params=("self", "data", "waiting_stream_id")),
+           Target("gunicorn.http2.connection", "HTTP2ServerConnection._wait_for_flow_control_window",
+                  params=("self", "stream_id", "deadline")),
+           Target("gunicorn.http2.connection", "HTTP2ServerConnection.receive_data", params=("self", "data")),
+           Target("gunicorn.http2.connection", "HTTP2ServerConnection.send_data",
+                  contains="self._wait_for_flow_control_window(stream_id, deadline)"),
+           Target("gunicorn.http2.request", "HTTP2Body._next_chunk", contains="pump(stream.stream_id)"),
+           Target("gunicorn.http2.stream", "HTTP2Stream.pop_chunk", params=("self",)),
+           Target("gunicorn.http2.stream", "HTTP2Stream.__init__", contains="self._body_chunks = []"),
+           *(Target("gunicorn.http2.connection", f"HTTP2ServerConnection.{name}")
+             for name in ("send_informational", "send_response_headers", "end_stream", "send_response",
+                          "send_trailers", "send_error", "reset_stream", "abort_stream", "close",
+                          "cleanup_stream", "acknowledge_data", "initiate_connection")))),
+    Entry("gthread worker", "safety", "server/serving/worker.py",
+          "refuse new connections on SIGTERM, keep stop signals that arrive while a worker boots, "
+          "400 for unknown transfer codings",
+          (Target("gunicorn.workers.gthread", "ThreadWorker.set_accept_enabled", params=("self", "enabled")),
+           Target("gunicorn.workers.gthread", "ThreadWorker.init_signals", params=("self",)),
+           Target("gunicorn.workers.gthread", "ThreadWorker.handle_error",
+                  params=("self", "req", "client", "addr", "exc")),
+           Target("gunicorn.arbiter", "Arbiter.__init__", contains="self.SIG_QUEUE = queue.SimpleQueue()"),
+           Target("gunicorn.http.errors", "UnsupportedTransferCoding"),
+           Target("gunicorn.http.errors", "InvalidHeader"))),
+    Entry("experiment location rule", "safety", "server/limits/experiment_guard.py",
+          "the tracking store's create_experiment refuses artifact locations outside the store, "
+          "whatever the request looked like",
+          (Target("mlflow.store.tracking.abstract_store", "AbstractStore.create_experiment",
+                  params=("self", "name", "artifact_location", "tags")),
+           Target(H, "_create_experiment", contains="_get_tracking_store().create_experiment("))),
+    Entry("write-once artifacts", "safety", "server/limits/write_once.py",
+          "MLflow's artifact views are wrapped so that non-admins cannot overwrite or delete stored artifacts, "
+          "nor add files to a registered model version's",
+          (Target("mlflow.server", "app.view_functions"),
+           Target(H, "_upload_artifact", params=("artifact_path",)),
+           Target(H, "_delete_artifact_mlflow_artifacts", params=("artifact_path",)),
+           Target(H, "_create_multipart_upload_artifact", params=("artifact_path",)),
+           Target(H, "upload_artifact_handler", contains="posixpath.join(run.info.experiment_id, run.info.run_id, "
+                  '"artifacts", dirname)'),
+           Target(H, "_is_servable_proxied_run_artifact_root", params=("run_artifact_root",)),
+           Target(H, "_get_model_registry_store", params=("registry_store_uri",)),
+           Target(H, "_get_tracking_store", params=("backend_store_uri", "default_artifact_root")),
+           Target("mlflow.store.model_registry.dbmodels.models", "SqlModelVersion.storage_location"),
+           Target("mlflow.store.model_registry.dbmodels.models", "SqlModelVersion.source"),
+           Target("mlflow.store.model_registry.dbmodels.models", "SqlModelVersion.current_stage"),
+           Target("mlflow.entities.model_registry.model_version_stages", "STAGE_DELETED_INTERNAL",
+                  value="Deleted_Internal"))),
+    Entry("route allowlist", "safety", "server/gate/route_access.py",
+          "the role decision matches each request against the Flask app's url_map, as Flask itself does",
+          (Target("mlflow.server", "app.url_map"),
+           Target("werkzeug.routing", "MapAdapter.match",
+                  params=("self", "path_info", "method", "return_rule", "query_args", "websocket")))),
+    Entry("frameable trace renderer", "safety", "server/serving/security_headers.py",
+          "the one path other sites (Jupyter) may frame, as MLflow exempts it from X-Frame-Options",
+          (Target("mlflow.tracing.constant", "TRACE_RENDERER_ASSET_PATH",
+                  value="/static-files/lib/notebook-trace-renderer"),)),
+    Entry("JSON logs", "safety", "server/serving/logs.py",
+          "gunicorn's logger subclassed for JSON access lines with every secret redacted",
+          (Target("gunicorn.glogging", "Logger.access", params=("self", "resp", "req", "environ", "request_time")),
+           Target("gunicorn.glogging", "Logger.setup", params=("self", "cfg")))),
+    Entry(COMPACT_JSON, "speed", "server/borrowed/json_responses.py",
+          "MLflow's handlers print JSON in one pass without pretty-printing",
+          (Target(H, "message_to_json", params=("message", "pretty", "convert_int64_to_number")),
+           Target("google.protobuf.json_format", "_Printer._MessageToJsonObject", params=("self", "message")))),
+    Entry(METRIC_WRITES, "speed", "server/borrowed/metric_writes.py",
+          "log_metric and log_batch's metrics on PostgreSQL in one statement",
+          (Target(SQL_TRACKING, "SqlAlchemyStore._log_metrics_once", params=("self", "run_id", "metrics")),
+           Target("mlflow.utils.validation", "_validate_metric"))),
+)
+
+def verify(entries: tuple[Entry, ...] = ENTRIES) -> set[str]:
+    """Check every entry; return the names of the speed entries to leave off.
+
+    Raises InternalsChangedError when a safety entry no longer fits.
+    """
+    off, fatal = set(), []
+    for entry in entries:
+        problems = entry.problems()
+        if not problems:
+            continue
+        if entry.kind == "safety":
+            fatal.append(f"{entry.name} ({entry.used_by}): " + "; ".join(problems))
+        else:
+            off.add(entry.name)
+            log.warning("%s switched off, MLflow's own code runs instead: %s", entry.name, "; ".join(problems))
+    if fatal:
+        raise InternalsChangedError(
+            "this server was written for " + ", ".join(f"{k} {v}" for k, v in WRITTEN_FOR.items())
+            + "; what it relies on has changed, see server/borrowed/internals.py:\n  " + "\n  ".join(fatal))
+    return off
