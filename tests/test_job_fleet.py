@@ -248,6 +248,9 @@ def test_a_deploys_overlap_runs_each_job_once_and_leaves_none_behind(fleet, llm)
                              auth=ALICE, timeout=30)
         assert smoke.status_code == 200
         jobs += [run_judge(fleet, candidate, "overlap", chunk) for chunk in chunks[2:]]
+        on_old = set(chunks[0] + chunks[1])
+        wait_for(lambda: len(on_old & set(fleet.assessments("overlap"))) >= 10, 60,
+                 "the old revision's judges to be mid-way")
         running_at_stop = [job for job in jobs[:2] if fleet.job(job)[0] == "RUNNING"]
         started = time.monotonic()
         assert old.stop() == 0  # promoted: the old revision gets SIGTERM, its jobs mid-way

@@ -139,6 +139,15 @@ def test_a_lapsed_reservation_and_a_stopping_instances_jobs_are_failed(db):
     assert row(store, reserved)[:3] == (FAILED, None, "stopping") == row(store, running)[:3]
 
 
+def test_a_stopping_instances_unstarted_jobs_are_handed_back(db):
+    table, store = db
+    job_id = new_job(store)
+    table.claim(["invoke_scorer"], [], 0)
+    assert table.release([job_id]) == [job_id]
+    assert row(store, job_id)[:2] == (PENDING, None)
+    assert table.claim(["invoke_scorer"], [], 0).job_id == job_id  # another instance takes it
+
+
 def test_an_exclusive_key_is_held_while_its_job_lives(db):
     table, store = db
     first, second = new_job(store), new_job(store)

@@ -259,9 +259,12 @@ class FleetRunner:
                 job.job_id, job.job_name, workspace, self._extra_envs(job.job_id))
             for setup in prepared.setup_commands:
                 _exec_cmd(setup.command, cwd=setup.cwd, extra_env=setup.extra_env, capture_output=False)
+            with self._lock:  # once stop() has begun, no job starts: it hands them back instead
+                if self._stopping:
+                    return None
+                popen = held.popen = subprocess.Popen(prepared.command, env=prepared.env)
             started = time.monotonic()
-            with subprocess.Popen(prepared.command, env=prepared.env) as popen:
-                held.popen = popen
+            with popen:
                 while popen.poll() is None:
                     time.sleep(0.2)
                     if held.stop_reason is not None or self._stopping:
@@ -298,23 +301,29 @@ class FleetRunner:
     # ------------------------------------------------------------------ stopping
 
     def stop(self) -> list[str]:
-        """The instance is stopping: stop its jobs and fail them (and its reservations) at once,
-        rather than leave them to the lease. Returns the ids failed."""
+        """The instance is stopping: stop its jobs at once rather than leave them to the lease.
+        A job whose subprocess had started may have written part of its results: it is marked
+        FAILED with the reason. One that had not is PENDING again, for another instance, as is
+        nothing else; a reservation (credentials only this instance held) is FAILED. Returns the
+        ids marked FAILED."""
         with self._lock:
             self._stopping = True
             held = list(self._held.values())
-        for h in held:
-            if h.popen is not None and h.popen.poll() is None:
+        started = [h for h in held if h.popen is not None]
+        for h in started:
+            if h.popen.poll() is None:
                 h.popen.kill()
         reserved = [job_id for job_id in self._reserved() if job_id not in self._held]
-        failed = []
+        failed, released = [], []
         try:
-            for job_name in {h.job_name for h in held}:
-                ids = [h.job_id for h in held if h.job_name == job_name]
+            released = self.table.release([h.job_id for h in held if h.popen is None])
+            for job_name in {h.job_name for h in started}:
+                ids = [h.job_id for h in started if h.job_name == job_name]
                 failed += self.table.fail_held(ids, STOPPED + LOST_RUNNER.get(job_name, ""))
             failed += self.table.fail_held(reserved, RESERVATION_LOST)
         except Exception:
             log.exception("job runner: could not mark its jobs at stop; their leases will run out")
-        if failed:
-            log.warning("job runner stopping: %d job(s) marked FAILED: %s", len(failed), ", ".join(failed))
+        if failed or released:
+            log.warning("job runner stopping: %d job(s) marked FAILED (%s), %d not started handed back (%s)",
+                        len(failed), ", ".join(failed), len(released), ", ".join(released))
         return failed

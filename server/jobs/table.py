@@ -171,6 +171,17 @@ class JobTable:
                RETURNING id""", {"ids": list(job_ids), "reason": reason}, expanding=("ids",))
         return [row[0] for row in rows]
 
+    def release(self, job_ids: list[str]) -> list[str]:
+        """Hand back claimed jobs that never started (this instance is stopping): PENDING again,
+        for any runner; returns their ids."""
+        if not job_ids:
+            return []
+        rows = self._run(
+            """UPDATE jobs SET status = :pending, last_update_time = {now}, {clear_runtime}
+               WHERE id IN :ids AND status = :running AND lease_expires_at IS NOT NULL
+               RETURNING id""", {"ids": list(job_ids)}, expanding=("ids",))
+        return [row[0] for row in rows]
+
     # ------------------------------------------------------------------ exclusive jobs
 
     def acquire_lock(self, lock_key: str, job_id: str) -> bool:
