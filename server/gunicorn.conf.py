@@ -75,6 +75,7 @@ def when_ready(server):
     gc.freeze()
     gc.enable()
     _start_job_runner(server)
+    _stop_jobs_first(server)
 
 
 # MLflow's job runner (judges, scorers, evaluation and the periodic tasks), started by the
@@ -93,6 +94,24 @@ def _start_job_runner(server):
     env = job_runner.runner_environment(settings.backend_store_uri, settings.default_artifact_root,
                                         f"http://{host}:{settings.port}", app.job_credential, os.getpid())
     _job_runner = job_runner.start(env, settings.log_level, server.LISTENERS)
+
+
+def _stop_jobs_first(server):
+    # On SIGTERM the master stops the job runner before it drains its workers: the jobs call
+    # back into those workers (gateway, tracking), so while they run the drain can take the
+    # whole graceful_timeout, and a job still running at Cloud Run's SIGKILL is left to its lease
+    # instead of being settled now (server/jobs/fleet.py, FleetRunner.stop).
+    if _job_runner is None:
+        return
+    drain = server.handle_term
+
+    def handle_term():
+        from server.jobs import runner as job_runner
+
+        job_runner.stop(_job_runner)
+        drain()
+
+    server.handle_term = handle_term
 
 
 def on_exit(server):

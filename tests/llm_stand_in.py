@@ -5,22 +5,20 @@ each request is kept so a test can count them."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.services import send_json
+from tests.services import LoopbackServer, QuietHandler, send_json
 
 VERDICT = {"result": "yes", "rationale": "the stand-in judge agrees"}
 
 
-class ChatStandIn:
+class ChatStandIn(LoopbackServer):
     def __init__(self, delay: float = 0.0):
         self.requests: list[dict] = []
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
+        class Handler(QuietHandler):
+            def do_POST(self):  # noqa: N802 - the name BaseHTTPRequestHandler calls
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 stand_in.requests.append(body)
                 time.sleep(delay)
@@ -31,19 +29,14 @@ class ChatStandIn:
                                  "message": {"role": "assistant", "content": json.dumps(VERDICT)}}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}})
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def api_base(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def __enter__(self) -> ChatStandIn:
-        self.thread.start()
+        self.start()
         return self
 
     def calls_mentioning(self, *texts: str) -> int:
@@ -53,5 +46,4 @@ class ChatStandIn:
         return sum(1 for body in bodies if all(text in body for text in texts))
 
     def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.stop()

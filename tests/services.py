@@ -283,7 +283,30 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, payload) -> None:
     handler.wfile.write(body)
 
 
-class SecretManagerStandIn:
+class QuietHandler(BaseHTTPRequestHandler):
+    """A stand-in's request handler that keeps its access lines out of the test output."""
+
+    def log_message(self, *args):
+        pass
+
+
+class LoopbackServer:
+    """A stand-in's HTTP server on 127.0.0.1 (a free port), serving ``handler`` in a thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class SecretManagerStandIn(LoopbackServer):
     """Serves Secret Manager's REST ``versions:access`` call from a dict, like the real API."""
 
     def __init__(self):
@@ -291,7 +314,7 @@ class SecretManagerStandIn:
         self.requests: list[str] = []
         stand_in = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):
                 path = self.path.split("?", 1)[0]
                 stand_in.requests.append(path)
@@ -304,22 +327,11 @@ class SecretManagerStandIn:
                     data = base64.b64encode(stand_in.secrets[name].encode()).decode()
                     send_json(self, 200, {"name": name, "payload": {"data": data}})
 
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
 
 
 # ---------------------------------------------------------------- our server

@@ -132,6 +132,12 @@ def claimed_by(job_id: str, servers: list[Server]) -> Server:
     return next(s for s in servers if claims(job_id, servers)[s.workdir.name])
 
 
+def start_with_runner(server: Server) -> None:
+    """Start an instance beside the running ones; return once its job runner is up."""
+    server.start()
+    wait_for(lambda: "MLflow job runner ready" in server.logs(), 60, "the new instance's job runner")
+
+
 def kill_whole(server: Server) -> None:
     """As a container dies: every process of it at once, runner and jobs included, no SIGTERM."""
     for pid in process_tree(server.proc.pid):
@@ -148,8 +154,7 @@ def test_a_second_instance_starting_mid_job_runs_nothing_twice(fleet, llm):
     try:
         job = run_judge(fleet, a, "mid_job", fleet.trace_ids)
         fleet.wait(job, ("RUNNING",), 30)
-        b.start()
-        wait_for(lambda: "MLflow job runner ready" in b.logs(), 60, "the second instance's job runner")
+        start_with_runner(b)
         assert fleet.job(job)[0] == "RUNNING", "the job ended before the second instance's runner was up"
         runner = [p for p in process_tree(b.proc.pid) if p not in web_processes(b.proc.pid)]
         idle_connections = open_connections(runner, fleet.postgres.port)
@@ -179,8 +184,7 @@ def test_a_job_of_an_instance_killed_whole_is_settled_by_another_within_the_leas
     try:
         job = run_judge(fleet, a, "killed", fleet.trace_ids)
         fleet.wait(job, ("RUNNING",), 30)
-        b.start()  # up before the kill, as the instances of a service are
-        wait_for(lambda: "MLflow job runner ready" in b.logs(), 60, "the second instance's job runner")
+        start_with_runner(b)  # up before the kill, as the instances of a service are
         wait_for(lambda: len(fleet.assessments("killed")) >= 20, 60, "the judge to be mid-way")
         kill_whole(a)
         killed = time.monotonic()
@@ -243,7 +247,7 @@ def test_a_deploys_overlap_runs_each_job_once_and_leaves_none_behind(fleet, llm)
         jobs = [run_judge(fleet, old, "overlap", chunk) for chunk in chunks[:2]]
         for job in jobs:
             fleet.wait(job, ("RUNNING",), 30)
-        candidate.start()  # the new revision, with no traffic yet
+        start_with_runner(candidate)  # the new revision, with no traffic yet
         smoke = requests.get(f"{candidate.url}/api/2.0/mlflow/experiments/search", params={"max_results": 1},
                              auth=ALICE, timeout=30)
         assert smoke.status_code == 200

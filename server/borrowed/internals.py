@@ -223,6 +223,11 @@ ENTRIES: tuple[Entry, ...] = (
            Target("gunicorn.http2.negotiation", "prior_knowledge_allowed", params=("cfg", "peer_addr")),
            Target("gunicorn.http2.negotiation", "mismatch_is_error", params=("cfg",)),
            Target("gunicorn.http.wsgi", "Response.should_close", contains="self.must_close"))),
+    Entry("job runner stopped before the workers drain", "safety", "server/gunicorn.conf.py",
+          "on SIGTERM the master settles the fleet's jobs it runs before its workers drain (the jobs call back "
+          "into them), inside Cloud Run's 10 s",
+          (Target("gunicorn.arbiter", "Arbiter.handle_term", params=("self",)),
+           Target("gunicorn.arbiter", "Arbiter.run", contains='getattr(self, "handle_%s" % signame, None)'))),
     Entry("HTTP/2 streams served side by side", "safety", "server/serving/h2_streams.py",
           "one reader per HTTP/2 connection, each request in its own thread: a stalled upload does not "
           "hold up the connection's other streams",

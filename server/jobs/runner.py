@@ -27,8 +27,8 @@ Differences from ``mlflow server``, on purpose:
   use MLflow's store without a pool (README "Database connections");
 * it runs in a process group of its own, which gunicorn's master stops as a whole when it
   exits (SIGTERM, then SIGKILL after ``STOP_SECONDS``), so a stopped container leaves no
-  job behind and the stop stays inside Cloud Run's 10 s; the jobs it was running are marked
-  FAILED with the reason as it stops.
+  job behind and the stop stays inside Cloud Run's 10 s; as it stops, the jobs it had started
+  are marked FAILED with the reason, those it had not started go back to the queue.
 
 Configuration is MLflow's: ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` starts no runner,
 ``MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS=false`` keeps this instance out of the periodic tasks,
@@ -285,7 +285,7 @@ def run_fleet() -> None:
     log.info("MLflow job runner ready: pid %d, %d job kinds, periodic tasks %s", os.getpid(),
              len(jobs._job_name_to_fn_fullname_map), "on" if len(threads) > 1 else "off")
     stopping.wait()
-    runner.stop()  # its running and reserved jobs are marked FAILED now, not when their leases run out
+    runner.stop()  # settles its jobs now, not when their leases run out
     os._exit(0)
 
 
