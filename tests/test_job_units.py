@@ -79,6 +79,7 @@ def test_a_job_with_credentials_is_reserved_and_they_stay_on_its_instance(sqlite
     assert json.loads(handoff.read_text()) == {"OPENAI_API_KEY": "sk-S3cret"}
     assert stat.S_IMODE(os.stat(handoff).st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".json")) == [handoff.name]
+    assert (tmp_path / f"{plain.job_id}.local").exists()  # its own instance's runner takes it first
     with store.engine.begin() as conn:
         rows = {r.id: r for r in conn.execute(sqlalchemy.text("SELECT * FROM jobs"))}
     assert rows[plain.job_id].lease_expires_at is None  # free for any instance

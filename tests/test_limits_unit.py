@@ -181,3 +181,20 @@ def test_plainly_within_limits_only_when_nothing_could_hide():
                  b'{"\\u0066ilter": "x"}', b'{"k": "a\\u0000b"}', b'{"k": "a\x00b"}',
                  b"[" * 65 + b"]" * 65, b"[" + b"0," * 60000 + b"0]"):
         assert not request_limits.plainly_within_limits(body), body[:40]
+
+
+def test_failures_noted_for_the_fleet_wait_out_a_database_outage():
+    from server.gate.failures import SharedCounters
+    from server.gate.fleet_failures import FleetFailures
+
+    def unreachable():
+        raise ConnectionError("the database is down")
+
+    counters = SharedCounters(slots=64)
+    fleet = FleetFailures(unreachable, counters, window=60)
+    fleet._thread_pid = os.getpid()  # flushed by hand here, not by its thread
+    fleet.note("pair\0198.51.100.7\0alice")
+    fleet.note("pair\0198.51.100.7\0alice")
+    with pytest.raises(ConnectionError):
+        fleet.flush()
+    assert fleet._pending == {counters.digest("pair\0198.51.100.7\0alice"): 2}  # kept for the next flush

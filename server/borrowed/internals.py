@@ -176,6 +176,9 @@ ENTRIES: tuple[Entry, ...] = (
            Target("mlflow.server.jobs.utils", "register_periodic_tasks", params=("huey_instance",)),
            Target("mlflow.server.jobs.utils", "_start_watcher_to_kill_job_runner_if_mlflow_server_dies",
                   params=("check_interval",)),
+           # the forked runner drops the master's stores and engines (server/jobs/runner.py, _own_stores)
+           Target(H, "_job_store"),
+           Target("mlflow.store.jobs.sqlalchemy_store", "SqlAlchemyJobStore._engine_map"),
            Target("mlflow.server.jobs.logging_utils", "configure_logging_for_jobs", params=()),
            Target("mlflow.utils.process", "_exec_cmd"),
            Target("mlflow.utils.workspace_context", "ServerWorkspaceContext"),

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 import sqlalchemy
@@ -73,17 +74,35 @@ class FleetFailures:
             threading.Thread(target=self._run, name="fleet-failures", daemon=True).start()
 
     def _run(self) -> None:
+        warned = 0.0
         while True:
-            threading.Event().wait(FLUSH_SECONDS)
+            time.sleep(FLUSH_SECONDS)
             try:
                 self.flush()
             except Exception:
-                log.warning("could not share failed-login counts with the other instances; retrying", exc_info=True)
+                # a database outage: once a minute in the log, not once a second per worker
+                if time.monotonic() - warned >= 60:
+                    warned = time.monotonic()
+                    log.warning("could not share failed-login counts with the other instances; retrying",
+                                exc_info=True)
 
     def flush(self) -> None:
         """Send what was noted here since the last flush; take in what changed elsewhere."""
         with self._lock:
             pending, self._pending = self._pending, {}
+        try:
+            changed, now = self._exchange(pending)
+        except Exception:
+            with self._lock:  # sent with the next flush, once the database answers again
+                for digest, failures in pending.items():
+                    self._pending[digest] = self._pending.get(digest, 0) + failures if failures else 0
+            raise
+        self._seen_ms = now
+        for key, failures in changed:
+            self._counters.merge(int(key, 16), failures, self._window)
+
+    def _exchange(self, pending: dict[int, int]):
+        """One transaction: add ``pending``, read what changed since the last look."""
         table = LOGIN_FAILURES
         with self._engine().begin() as conn:
             now = conn.execute(sqlalchemy.select(_NOW_MS)).scalar_one()
@@ -101,9 +120,7 @@ class FleetFailures:
                                    .where(table.c.last_ms >= since)).all()
             if self._seen_ms is None or now // 60_000 != self._seen_ms // 60_000:
                 conn.execute(table.delete().where(table.c.last_ms < now - self._window_ms))  # once a minute
-        self._seen_ms = now
-        for key, failures in changed:
-            self._counters.merge(int(key, 16), failures, self._window)
+        return changed, now
 
 
 def _hex(digest: int) -> str:

@@ -32,7 +32,7 @@ from server.jobs.table import CANCELED, PENDING, RUNNING, ClaimedJob, JobTable, 
 log = logging.getLogger("server.job_fleet")
 
 POLL_SECONDS = 0.5  # how often the queue is looked at, and running jobs' cancellation checked
-CLAIM_GRACE_MS = 500  # a new job's own instance gets this long to claim it before the others
+CLAIM_GRACE_MS = 1000  # a new job's own instance (polling twice within it) takes it before the others
 
 # What happens to a job whose runner died mid-run (its lease ran out), by MLflow 3.17's job
 # kinds. Each of them writes its results as it goes, so a second run from the start would write
@@ -119,13 +119,20 @@ class FleetRunner:
                 log.exception("job runner: coordination step failed; retrying")
             stop.wait(POLL_SECONDS)
 
-    def _reserved(self) -> list[str]:
-        """Jobs the web workers of this instance reserved for it (they left their files here)."""
+    def _left_here(self, suffix: str) -> list[str]:
         try:
             names = os.listdir(self.folder)
         except OSError:
             return []
-        return [n[: -len(".env.json")] for n in names if n.endswith(".env.json")]
+        return [n[: -len(suffix)] for n in names if n.endswith(suffix)]
+
+    def _reserved(self) -> list[str]:
+        """Jobs the web workers of this instance reserved for it (their credentials are here)."""
+        return self._left_here(".env.json")
+
+    def _submitted_here(self) -> list[str]:
+        """Jobs the web workers of this instance submitted, whoever runs them (markers)."""
+        return self._left_here(".local")
 
     def _claim_all(self) -> None:
         while True:
@@ -133,7 +140,7 @@ class FleetRunner:
                 if self._stopping:
                     return
                 free = [name for name, slots in self._slots.items() if self._busy[name] < slots]
-            job = self.table.claim(free, self._reserved(), CLAIM_GRACE_MS)
+            job = self.table.claim(free, self._reserved() + self._submitted_here(), CLAIM_GRACE_MS)
             if job is None:
                 return
             self._start(job)
@@ -169,15 +176,22 @@ class FleetRunner:
         still = self.table.renew(ids)
         for job_id in set(ids) - still:
             self._forget_reservation(job_id)
+        # markers of jobs another instance took (this one was busy), or that ended
+        markers = self._submitted_here()
+        statuses = self.table.statuses(markers)
+        for job_id in markers:
+            if statuses.get(job_id) != PENDING:  # taken elsewhere, ended, or deleted
+                self._forget_reservation(job_id)
 
     def _forget_reservation(self, job_id: str) -> None:
         with self._lock:
             if job_id in self._held:
                 return
-        try:
-            os.unlink(os.path.join(self.folder, f"{job_id}.env.json"))
-        except OSError:
-            pass
+        for suffix in (".env.json", ".local"):
+            try:
+                os.unlink(os.path.join(self.folder, f"{job_id}{suffix}"))
+            except OSError:
+                pass
 
     def reap(self) -> list[LapsedJob]:
         """Settle the jobs whose lease ran out, on whichever instance they ran."""

@@ -59,6 +59,7 @@ log = logging.getLogger("server.job_runner")
 
 INTERNAL_USER = "mlflow-job-runner"
 STOP_SECONDS = 1.5
+RELAY_DRAIN_SECONDS = 0.3  # within STOP_SECONDS: the runner's last log lines reach the log
 # our own settings that hold users' passwords: the runner and its jobs need none of them
 NOT_FOR_THE_RUNNER = frozenset({"MLFLOW_AUTH_USERS", "MLFLOW_AUTH_USERS_FILE", "WSGI_AUTH_CREDENTIALS",
                                 "WSGI_AUTH_CREDENTIALS_FILE",
@@ -145,9 +146,7 @@ def start(env: dict[str, str], log_level: str = "info", listeners=()) -> ForkedR
                 listener.close()  # the master's port is not the runner's
             os.environ.clear()
             os.environ.update(env)  # what its jobs inherit: no user's password
-            from server.app import after_fork
-
-            after_fork()  # the master's database connections are not the runner's
+            _own_stores()
             main(log_level)
         except Exception:
             log.exception("the job runner failed to start")
@@ -156,6 +155,24 @@ def start(env: dict[str, str], log_level: str = "info", listeners=()) -> ForkedR
     log.info("MLflow job runner started (pid %d, forked from the server), job folder %s", pid,
              env.get(HUEY_STORAGE_PATH_ENV_VAR, "-"))
     return ForkedRunner(pid)
+
+
+def _own_stores() -> None:
+    """Forget the master's MLflow stores: their engines pool connections for web workers. The
+    runner's are made again on first use, from its own environment (no pool: a connection only
+    while it works, README "Database connections"), as a runner started on its own makes them."""
+    from mlflow.server import handlers
+    from mlflow.store.jobs.sqlalchemy_store import SqlAlchemyJobStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    from server.app import after_fork
+
+    after_fork()  # the master's connections are not the runner's to use or close
+    for engine_map in (SqlAlchemyStore._engine_map, SqlAlchemyJobStore._engine_map):  # (the registry shares the first)
+        for engine in engine_map.values():
+            engine.dispose(close=False)
+        engine_map.clear()
+    handlers._tracking_store = handlers._model_registry_store = handlers._job_store = None
 
 
 def stop(proc: ForkedRunner | None) -> None:
@@ -231,8 +248,16 @@ def main(log_level: str) -> None:
     os.dup2(write, 1)
     os.dup2(write, 2)
     os.close(write)
-    threading.Thread(target=_relay, args=(read, sink), name="json-relay", daemon=True).start()
+    relay = threading.Thread(target=_relay, args=(read, sink), name="json-relay", daemon=True)
+    relay.start()
     run_fleet()
+    # its last lines (what it settled as it stopped) are in the pipe: let the relay write them
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.close(1)
+    os.close(2)
+    relay.join(RELAY_DRAIN_SECONDS)
+    os._exit(0)  # the fleet's and the periodic tasks' threads are not waited for: the database has it all
 
 
 def coordination_engine(uri: str):
@@ -286,6 +311,5 @@ def run_fleet() -> None:
              len(jobs._job_name_to_fn_fullname_map), "on" if len(threads) > 1 else "off")
     stopping.wait()
     runner.stop()  # settles its jobs now, not when their leases run out
-    os._exit(0)
 
 

@@ -3,7 +3,8 @@
 MLflow's ``submit_job`` writes the job's row (PENDING) and then hands the job to a huey queue
 of the process's own (``_get_or_init_huey_instance(name).submit_task(...)``): a SQLite file
 only this instance reads. Here that hand-off is replaced: the row is the queue
-(``server/jobs/fleet.py``), so the hand-off only has to keep what the row does not hold. That is
+(``server/jobs/fleet.py``), so the hand-off only has to keep what the row does not hold: which
+instance took the request (an empty marker file, so that its runner takes the job first), and
 the ``extra_envs`` of issue detection, the provider credentials read from the AI gateway's
 secret store: they are written to a file only this instance's runner reads (mode 0600, in the
 instance's in-memory job folder), and the job is reserved for this instance, since no other
@@ -43,7 +44,10 @@ class DatabaseQueue:
 
     def submit_task(self, job_id, workspace, job_name, params, timeout, exclusive, extra_envs=None):
         if not extra_envs:
-            return  # the PENDING row is all any runner needs
+            # the PENDING row is all any runner needs; this marker lets this instance's take it
+            # at once, while the others give it a moment (server/jobs/fleet.py, CLAIM_GRACE_MS)
+            os.close(os.open(os.path.join(self.folder, f"{job_id}.local"), os.O_WRONLY | os.O_CREAT, 0o600))
+            return
         path = os.path.join(self.folder, f"{job_id}.env.json")
         fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
