@@ -6,8 +6,9 @@ closes that without touching the request path: each worker notes the failures (a
 logins) it records, and once a second a thread adds them to the fleet's counts in one
 statement and reads back every count that changed in the fleet since its last look, which it
 merges into the instance's table, where the next ``retry_after`` finds them. So the bound per
-address and user is the configured one plus at most a second's worth of attempts per instance,
-and a login that succeeds clears its pair on every instance. The cost: one small read per worker
+address and user is the configured one plus what arrives within about two seconds (up to a
+second until a failure is sent, up to a second until the other instances read it), and a login
+that succeeds clears its pair on every instance. The cost: one small read per worker
 a second, and a write only in a second when a login failed or succeeded after a failure.
 
 Keys are the instance table's own digests, keyed with a key every instance derives from the
