@@ -148,8 +148,8 @@ def test_registered_model_files_and_stored_artifacts_are_write_once(server, sess
     for method, path in (("PUT", existing), ("DELETE", existing), ("PUT", f"{folder}/extra.py"),
                          ("POST", f"/api/2.0/mlflow-artifacts/mpu/create/{folder}/big.bin")):
         url = path if path.startswith("/") else f"{PROXY}/{path}"
-        r = call(server, EDITOR, method, url, data=b"import os", json=None if method != "POST" else
-                 {"path": "big.bin", "num_parts": 1})
+        body = {"json": {"path": "big.bin", "num_parts": 1}} if method == "POST" else {"data": b"import os"}
+        r = call(server, EDITOR, method, url, **body)
         assert r.status_code == 409, (method, path, r.text)
         assert "registered model" in r.json()["message"]
     assert call(server, ADMIN, "GET", f"{PROXY}/{existing}").content == original

@@ -18,6 +18,11 @@ the bucket with signed URLs: clients cannot reach the bucket, and Cloud Run's de
 credentials cannot sign. The proxy here streams any size, so ``server-info`` says no, and a
 client that asks anyway is told "unsupported" (501), on which it falls back to one proxied PUT.
 
+A write may be create-only (``CREATE_ONLY``, set by ``server/limits/write_once.py`` for a
+non-admin): the storage then refuses it when the object appeared after the rule's check (GCS
+``ifGenerationMatch=0`` on the upload, S3 ``If-None-Match: *`` on the PUT or on completing the
+multipart upload), and the write raises ``ObjectExistsError``.
+
 The repositories are registered for the ``gs`` and ``s3`` schemes in MLflow's artifact
 repository registry (the programmatic form of its ``mlflow.artifact_repository`` plugin entry
 points: this server is not an installed distribution).
@@ -25,8 +30,10 @@ points: this server is not an installed distribution).
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
+import os
 import posixpath
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -43,8 +50,16 @@ CHUNK_BYTES = 8 * 1024 * 1024  # GCS needs multiples of 256 KiB; S3 parts at lea
 READ_BYTES = 1024 * 1024
 
 
+# True while a write must not replace an object (server/limits/write_once.py)
+CREATE_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("server_artifacts_create_only", default=False)
+
+
 class IncompleteUploadError(Exception):
     """The request body ended before its announced length."""
+
+
+class ObjectExistsError(Exception):
+    """A create-only write found the object already stored (the storage's precondition failed)."""
 
 
 class CountingReader:
@@ -65,6 +80,14 @@ class CountingReader:
     def chunks(self) -> Iterator[bytes]:
         while data := self.read(READ_BYTES):
             yield data
+
+    def block(self, size: int) -> bytes:
+        """Up to ``size`` bytes, fewer only at the end of the body."""
+        parts, held = [], 0
+        while held < size and (data := self.read(min(READ_BYTES, size - held))):
+            parts.append(data)
+            held += len(data)
+        return b"".join(parts)
 
 
 def _expected_length() -> int | None:
@@ -90,14 +113,27 @@ class _ProxiedOnly:
 
 class StreamingGCSArtifactRepository(_ProxiedOnly, GCSArtifactRepository, StreamUploadMixin):
     def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
+        self._write(CountingReader(stream, _expected_length()), artifact_file_name, artifact_path)
+
+    def log_artifact(self, local_file, artifact_path=None):
+        with open(local_file, "rb") as file:
+            self._write(CountingReader(file, os.fstat(file.fileno()).st_size), local_file, artifact_path)
+
+    def _write(self, reader: CountingReader, artifact_file_name: str, artifact_path: str | None) -> None:
+        from google.api_core.exceptions import PreconditionFailed
+
         bucket_name, root = self.parse_gcs_uri(self.artifact_uri)
         blob = self._get_bucket(bucket_name).blob(_object_path(root, artifact_file_name, artifact_path),
                                                   chunk_size=CHUNK_BYTES)
-        reader = CountingReader(stream, _expected_length())
-        # BlobWriter: a resumable upload holding one chunk; on an exception it cancels the upload
-        with blob.open("wb", chunk_size=CHUNK_BYTES, ignore_flush=True) as writer:
-            for data in reader.chunks():
-                writer.write(data)
+        # generation 0: "only if no live object has this name", checked by GCS when the upload ends
+        condition = {"if_generation_match": 0} if CREATE_ONLY.get() else {}
+        try:
+            # BlobWriter: a resumable upload holding one chunk; on an exception it cancels the upload
+            with blob.open("wb", chunk_size=CHUNK_BYTES, ignore_flush=True, **condition) as writer:
+                for data in reader.chunks():
+                    writer.write(data)
+        except PreconditionFailed as exc:
+            raise ObjectExistsError(blob.name) from exc
 
     async def log_artifact_from_async_stream(self, chunks, artifact_file_name, artifact_path=None):
         raise NotImplementedError("the WSGI server streams through log_artifact_from_stream")
@@ -130,15 +166,44 @@ class StreamingGCSArtifactRepository(_ProxiedOnly, GCSArtifactRepository, Stream
 
 class StreamingS3ArtifactRepository(_ProxiedOnly, S3ArtifactRepository, StreamUploadMixin):
     def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
-        from boto3.s3.transfer import TransferConfig
+        self._write(CountingReader(stream, _expected_length()), artifact_file_name, artifact_path)
+
+    def log_artifact(self, local_file, artifact_path=None):
+        with open(local_file, "rb") as file:
+            self._write(CountingReader(file, os.fstat(file.fileno()).st_size), local_file, artifact_path)
+
+    def _write(self, reader: CountingReader, artifact_file_name: str, artifact_path: str | None) -> None:
+        """One PUT for a body under CHUNK_BYTES, else a multipart upload of CHUNK_BYTES parts
+        (one held at a time); an error aborts it, so no partial object appears."""
+        from botocore.exceptions import ClientError
 
         bucket, root = self.parse_s3_compliant_uri(self.artifact_uri)
         key = _object_path(root, artifact_file_name, artifact_path)
-        reader = CountingReader(stream, _expected_length())
-        # a multipart upload of CHUNK_BYTES parts, two in flight; an error aborts it
-        config = TransferConfig(multipart_threshold=CHUNK_BYTES, multipart_chunksize=CHUNK_BYTES,
-                                max_concurrency=2)
-        self._get_s3_client().upload_fileobj(reader, bucket, key, Config=config)
+        # "*": only if no object has this key, checked by S3 when the object is created
+        condition = {"IfNoneMatch": "*"} if CREATE_ONLY.get() else {}
+        client = self._get_s3_client()
+        first = reader.block(CHUNK_BYTES)
+        following = reader.block(CHUNK_BYTES) if len(first) == CHUNK_BYTES else b""
+        try:
+            if not following:
+                client.put_object(Bucket=bucket, Key=key, Body=first, **condition)
+                return
+            upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+            try:
+                parts, number, data = [], 1, first
+                while data:
+                    done = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=data)
+                    parts.append({"PartNumber": number, "ETag": done["ETag"]})
+                    data, following, number = following, reader.block(CHUNK_BYTES) if following else b"", number + 1
+                client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
+                                                 MultipartUpload={"Parts": parts}, **condition)
+            except BaseException:
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
+                raise
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise ObjectExistsError(key) from exc
+            raise
 
     async def log_artifact_from_async_stream(self, chunks, artifact_file_name, artifact_path=None):
         raise NotImplementedError("the WSGI server streams through log_artifact_from_stream")

@@ -1,33 +1,41 @@
 """Write-once artifacts: what is stored stays as it was, except for an admin.
 
-Through the artifact proxy, an artifact path that already exists cannot be overwritten or
-deleted (409), and no file may be added under the artifacts a registered model version points
-at: a replaced ``model.pkl`` would run its code on every machine that loads the model. Admins
-are not held by either rule (to repair or remove). New paths are written as before, so
-``log_model``, ``log_artifact(s)`` and the stock client's large-file uploads (one streamed PUT
-here: ``server/borrowed/artifact_streaming.py`` turns presigned multipart off) keep working.
+In this server's artifact store, a path that already exists cannot be overwritten or deleted
+(409), and no file may be added under the artifacts a registered model version points at: a
+replaced ``model.pkl`` would run its code on every machine that loads the model. Admins are not
+held by either rule (to repair or remove). New paths are written as before, so ``log_model``,
+``log_artifact(s)`` and the stock client's large-file uploads (one streamed PUT here:
+``server/borrowed/artifact_streaming.py`` turns presigned multipart off) keep working.
 
-The rule wraps MLflow's own views (``PUT``/``DELETE`` of ``mlflow-artifacts/artifacts/<path>``,
-``mpu/create``, and the UI's ``upload-artifact``), after MLflow's own path checks. It costs a
-look at the bucket and one query of the model versions per upload; a non-admin write is
-refused before its body is read. Two uploads racing to the same new path can both pass the
-check (the later one wins); the rule is about what was stored before, not about that race.
+The rule sits in the artifact repository of the store (``WriteOnceRepository``, mixed into the
+class MLflow's registry makes for the destination's scheme), where every write through this
+server ends: the proxy's ``PUT``, ``DELETE`` and ``mpu/create``, the UI's upload (whether the
+request named the run ``run_uuid`` or ``run_id``), and any handler MLflow adds that stores
+through the proxy. It asks the request being served who is writing (the role the gate put in
+the WSGI environ). A write outside any request is the server's own (its job runner's) and is
+not held. It costs a look at the bucket and one query of the model versions per write; a
+streamed upload is refused before its body is read.
+
+A write that passed the check is create-only: two uploads racing to the same new path are
+settled by the storage (GCS ``ifGenerationMatch=0``, S3 ``If-None-Match: *``), and the later
+one gets the same 409. A local-folder store has no such condition: there the later one wins.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
 import posixpath
 
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import ErrorCode
+
+from server.borrowed.artifact_streaming import CREATE_ONLY, ObjectExistsError
 from server.gate import roles
 from server.gate.role_gate import DECISION, ROLE
 
 log = logging.getLogger("server.write_once")
-
-GUARDED_VIEWS = ("_upload_artifact", "_delete_artifact_mlflow_artifacts", "_create_multipart_upload_artifact")
-UI_UPLOAD_VIEW = "serve_upload_artifact"
 
 
 def exists(repo, path: str) -> bool:
@@ -65,18 +73,30 @@ class WriteOnce:
         self._handlers = handlers
         self._destination = destination
 
-    def conflict(self, path: str, deleting: bool = False) -> tuple[str, str] | None:
-        """(MLflow error code, why) a non-admin may not write (or delete) ``path``; None when it may."""
-        holder = self.model_version_holding(path)
+    def conflict(self, repo, path: str, deleting: bool = False) -> tuple[str, str] | None:
+        """(MLflow error code, why) a non-admin may not write (or delete) ``path`` of ``repo``;
+        None when it may."""
+        in_store = self.store_path(repo, path)
+        holder = self.model_version_holding(in_store) if in_store is not None else None
         if holder is not None:
             return "INVALID_STATE", (
                 f"{path!r} belongs to version {holder[1]} of the registered model {holder[0]!r}; "
                 "a registered model's files are immutable (only an admin may change them)")
-        if exists(self._handlers._get_artifact_repo_mlflow_artifacts(), path):
+        if exists(repo, path):
             verb = "deleted" if deleting else "overwritten"
             return "RESOURCE_ALREADY_EXISTS", (
                 f"the artifact {path!r} already exists; stored artifacts are write-once and cannot be "
                 f"{verb} (only an admin may); log it under a new path")
+        return None
+
+    def store_path(self, repo, path: str) -> str | None:
+        """``path`` of ``repo`` as a path of the store (``MLFLOW_ARTIFACTS_DESTINATION``), or None
+        when the repository is elsewhere."""
+        root, here = self._destination.rstrip("/"), repo.artifact_uri.rstrip("/")
+        if here == root:
+            return path
+        if here.startswith(root + "/"):
+            return posixpath.join(here[len(root) + 1:], path)
         return None
 
     def model_version_holding(self, path: str) -> tuple[str, int] | None:
@@ -97,64 +117,105 @@ class WriteOnce:
         return (row[0], row[1]) if row else None
 
 
-def _is_admin() -> bool:
-    from flask import request
+class WriteOnceConflict(MlflowException):
+    """Answered by MLflow's handlers (``catch_mlflow_exception``) with its error code, as a 409."""
 
-    return request.environ.get(ROLE) == roles.ADMIN
+    def get_http_status_code(self):
+        return 409  # MLflow answers RESOURCE_ALREADY_EXISTS with a 400
+
+
+def _held() -> bool:
+    """Whether this write is held by the rule: a request is being served, by a non-admin."""
+    from flask import has_request_context, request
+
+    return has_request_context() and request.environ.get(ROLE) != roles.ADMIN
 
 
 def _refuse(conflict: tuple[str, str]):
-    from flask import Response, request
+    from flask import request
 
     code, reason = conflict
     request.environ[DECISION] = "conflict"
     request.environ["server.close_connection"] = True  # the body is not read
     log.warning("refused: user %s: %s", request.environ.get("REMOTE_USER") or "-", reason)
-    body = json.dumps({"error_code": code, "message": reason})
-    return Response(body, status=409, mimetype="application/json")
+    return WriteOnceConflict(reason, error_code=ErrorCode.Value(code))
+
+
+def _joined(folder: str | None, name: str) -> str:
+    return posixpath.join(folder, name) if folder else name
+
+
+class WriteOnceRepository:
+    """Mixed in before the store's repository class; ``rule`` is set by ``install``. Each write
+    checks the rule, then writes create-only; a delete checks it too."""
+
+    rule: WriteOnce
+
+    def _admit(self, path: str, deleting: bool = False) -> bool:
+        """Refuse (raise) a held write that conflicts; True when the write is held."""
+        if not _held():
+            return False
+        if conflict := self.rule.conflict(self, path, deleting=deleting):
+            raise _refuse(conflict)
+        return True
+
+    @contextlib.contextmanager
+    def _creating(self, held: bool, path: str):
+        if not held:
+            yield
+            return
+        token = CREATE_ONLY.set(True)
+        try:
+            yield
+        except ObjectExistsError:
+            raise _refuse(self.rule.conflict(self, path) or (
+                "RESOURCE_ALREADY_EXISTS", f"the artifact {path!r} was stored by another upload just now")) from None
+        finally:
+            CREATE_ONLY.reset(token)
+
+    def log_artifact(self, local_file, artifact_path=None):
+        path = _joined(artifact_path, os.path.basename(local_file))
+        with self._creating(self._admit(path), path):
+            return super().log_artifact(local_file, artifact_path)
+
+    def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
+        path = _joined(artifact_path, posixpath.basename(artifact_file_name))
+        with self._creating(self._admit(path), path):
+            return super().log_artifact_from_stream(stream, artifact_file_name, artifact_path)
+
+    def log_artifacts(self, local_dir, artifact_path=None):
+        held = False
+        for folder, _, files in os.walk(local_dir):
+            inner = os.path.relpath(folder, local_dir)
+            for name in files:
+                path = _joined(artifact_path, posixpath.join(*([] if inner == "." else inner.split(os.sep)), name))
+                held = self._admit(path) or held
+        with self._creating(held, artifact_path or ""):
+            return super().log_artifacts(local_dir, artifact_path)
+
+    def delete_artifacts(self, artifact_path=None):
+        self._admit(artifact_path or "", deleting=True)
+        return super().delete_artifacts(artifact_path)
+
+    def create_multipart_upload(self, local_file, num_parts=1, artifact_path=None):
+        self._admit(_joined(artifact_path, posixpath.basename(local_file)))
+        return super().create_multipart_upload(local_file, num_parts, artifact_path)
 
 
 def install(settings) -> None:
-    from mlflow.server import app as mlflow_app
+    """Make the repository class MLflow's registry builds for the store's scheme write-once."""
     from mlflow.server import handlers
+    from mlflow.store.artifact.artifact_repository_registry import _artifact_repository_registry
+    from mlflow.utils.uri import get_uri_scheme
 
-    rule = WriteOnce(handlers, settings.artifacts_destination)
-    for endpoint in GUARDED_VIEWS:
-        mlflow_app.view_functions[endpoint] = _guard_proxy_view(
-            handlers, rule, mlflow_app.view_functions[endpoint], deleting=endpoint.startswith("_delete"))
-    mlflow_app.view_functions[UI_UPLOAD_VIEW] = _guard_ui_upload(handlers, rule, mlflow_app.view_functions[UI_UPLOAD_VIEW])
+    from server.borrowed.internals import InternalsChangedError
 
-
-def _guard_proxy_view(handlers, rule: WriteOnce, original, deleting: bool):
-    @handlers.catch_mlflow_exception
-    def guarded(artifact_path):
-        if not _is_admin():
-            path = handlers._get_workspace_scoped_repo_path_if_enabled(handlers.validate_path_is_safe(artifact_path))
-            if conflict := rule.conflict(path, deleting=deleting):
-                return _refuse(conflict)
-        return original(artifact_path=artifact_path)
-
-    guarded.__name__ = original.__name__
-    return guarded
-
-
-def _guard_ui_upload(handlers, rule: WriteOnce, original):
-    """The UI's upload into a run's artifacts (``?run_uuid=&path=``), checked where it lands."""
-
-    @handlers.catch_mlflow_exception
-    def guarded():
-        from flask import request
-
-        run_id, path = request.args.get("run_uuid"), request.args.get("path")
-        if not _is_admin() and run_id and path:
-            path = handlers.validate_path_is_safe(path)
-            run = handlers._get_tracking_store().get_run(run_id)
-            if handlers._is_servable_proxied_run_artifact_root(run.info.artifact_uri):
-                stored = posixpath.join(run.info.experiment_id, run.info.run_id, "artifacts", path)
-                stored = handlers._get_workspace_scoped_repo_path_if_enabled(stored)
-                if conflict := rule.conflict(stored):
-                    return _refuse(conflict)
-        return original()
-
-    guarded.__name__ = original.__name__
-    return guarded
+    scheme = get_uri_scheme(settings.artifacts_destination)
+    base = _artifact_repository_registry._registry[scheme]
+    if not issubclass(base, WriteOnceRepository):
+        guarded = type(f"WriteOnce{base.__name__}", (WriteOnceRepository, base),
+                       {"rule": WriteOnce(handlers, settings.artifacts_destination)})
+        _artifact_repository_registry.register(scheme, guarded)
+    # the proxy's repository is made on first use, from the registry: it must not exist yet
+    if handlers._artifact_repo is not None and not isinstance(handlers._artifact_repo, WriteOnceRepository):
+        raise InternalsChangedError("write-once artifacts: MLflow made its artifact repository before the rule")
