@@ -46,6 +46,23 @@ def test_search_strings_in_every_spelling_and_place():
     assert status_of(lambda: request_limits.check_json({"filter": " and ".join(["a = 1"] * 31)})) == "400"
 
 
+def test_a_double_encoded_body_is_checked_as_mlflow_reads_it():
+    """MLflow's handlers decode a JSON body that is a JSON string a second time (older clients)."""
+    import io
+    import json
+
+    def check(body: bytes):
+        environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/api/2.0/mlflow/runs/search",
+                   "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
+        request_limits.RequestLimits(None)._check(environ)
+
+    inner = {"experiment_ids": ["1"], "order_by": ["m" * 1025]}
+    assert status_of(lambda: check(json.dumps(inner).encode())) == "400"
+    assert status_of(lambda: check(json.dumps(json.dumps(inner)).encode())) == "400"
+    assert status_of(lambda: check(json.dumps("[" * 100 + "]" * 100).encode())) == "400"
+    check(json.dumps(json.dumps({"experiment_ids": ["1"], "order_by": ["m"]})).encode())
+
+
 def test_depth_values_and_nul():
     deep = current = {}
     for _ in range(70):

@@ -121,6 +121,65 @@ def test_levels_of_routes(access, method, path, level):
     assert access.level(method, path) == level
 
 
+def test_every_spelling_flask_routes_to_a_webhook_is_refused_by_the_route_guard():
+    from mlflow.server import app as mlflow_app
+    from werkzeug.exceptions import HTTPException
+
+    from server.limits.route_guard import RouteGuard
+
+    adapter = mlflow_app.url_map.bind("localhost")
+    guard = RouteGuard(lambda environ, start: [b"reached MLflow"])
+    tails = ["webhooks", "webhooks/", "webhooks/w-1", "webhooks/w-1/test"]
+    spellings = [f"{lead}{prefix}/mlflow/{tail}" for lead in ("/", "//") for prefix in
+                 ("api/2.0", "ajax-api/2.0", "api/3.0", "ajax-api/3.0") for tail in tails]
+    spellings += ["/api/2.0/mlflow//webhooks", "/api/2.0//mlflow/webhooks/w-1"]
+    routed = []
+    for path in spellings:
+        for method in ("GET", "POST", "PATCH", "DELETE"):
+            try:
+                endpoint, _ = adapter.match(path, method)
+            except HTTPException:
+                continue
+            if "webhook" in endpoint:
+                routed.append((method, path))
+                answer = guard({"PATH_INFO": path, "REQUEST_METHOD": method}, lambda status, headers: None)
+                assert answer != [b"reached MLflow"], (method, path)
+    assert len(routed) >= 8  # the spellings really reach MLflow's webhook views
+
+
+def test_every_graphql_mutation_of_mlflow_is_a_read():
+    # POST /graphql is a read (route_access.py); a new mutation must be read before it is allowed
+    from mlflow.server.graphql.graphql_schema_extensions import schema
+
+    fields = schema.graphql_schema.mutation_type.fields
+    assert sorted(fields) == ["mlflowSearchDatasets", "mlflowSearchRuns", "testMutation"]
+
+
+def test_routes_a_later_mlflow_adds_are_classified_once_served():
+    """The skill registry of MLflow 3.18, served by a FastAPI app as 3.18 serves it."""
+    from types import SimpleNamespace
+
+    import flask
+
+    from server.gate.route_access import PREPARED, TABLE, RouteAccess
+
+    assert not set(PREPARED) & set(TABLE)
+    prefix = "/ajax-api/3.0/mlflow/skills"
+    served = [(prefix + path, SimpleNamespace(methods=set(methods))) for path, methods in [
+        ("", {"GET", "POST"}), ("/{name}", {"GET", "PATCH", "DELETE"}),
+        ("/@{organization}/{name}/versions/{version}", {"GET", "PATCH", "DELETE"}),
+        ("/{name}/tags/{key:path}", {"DELETE"}), ("/{name}/unplanned", {"GET"})]]
+    access = RouteAccess(flask.Flask("later", static_folder=None), served)
+    assert access.level("GET", f"{prefix}/ada") == "read"
+    assert access.level("PATCH", f"{prefix}/ada") == "write"
+    assert access.level("DELETE", f"{prefix}/ada") == "admin"
+    assert access.level("DELETE", f"{prefix}/@acme/ada/versions/2") == "admin"
+    assert access.level("DELETE", f"{prefix}/ada/tags/a/b") == "write"
+    assert access.level("POST", prefix) == "write" and access.level("GET", prefix) == "read"
+    # a route neither table names is a write, and reported
+    assert access.unclassified == [("GET", f"{prefix}/{{name}}/unplanned")]
+
+
 # ------------------------------------------------------------ IAP assertions in-process
 
 

@@ -216,6 +216,8 @@ class RequestLimits:
             if not graphql and plainly_within_limits(body):
                 return
             document = parse_json_body(body) if body.strip() else None
+            if isinstance(document, str):  # MLflow decodes a double-encoded body (older clients) again
+                document = parse_json_body(document)
             check_json(document)
             if graphql and not (isinstance(document, dict) and isinstance(document.get("query"), str)):
                 raise RequestRefusedError("400 Bad Request", "GraphQL takes one query object in a POST body")
