@@ -278,6 +278,44 @@ def test_local_and_listing_repositories_tell_what_exists(tmp_path):
     assert exists(Listing(), "a/b/f.txt") and not exists(Listing(), "a/b/g.txt")
 
 
+def test_every_write_of_the_store_in_a_request_is_held_whoever_calls_it(tmp_path):
+    """The rule is in the repository: a handler MLflow adds later writes through the same methods."""
+    from types import SimpleNamespace
+
+    import flask
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    from server.gate.role_gate import ROLE
+    from server.limits.write_once import WriteOnce, WriteOnceConflict, WriteOnceRepository
+
+    no_registry = SimpleNamespace(_get_model_registry_store=lambda: object())  # a store without SQL
+    repo_class = type("Guarded", (WriteOnceRepository, LocalArtifactRepository),
+                      {"rule": WriteOnce(no_registry, str(tmp_path / "store"))})
+    repo = repo_class(str(tmp_path / "store"))
+    (tmp_path / "store" / "1" / "run").mkdir(parents=True)
+    kept = tmp_path / "store" / "1" / "run" / "kept.txt"
+    kept.write_text("kept")
+    (tmp_path / "src" / "run").mkdir(parents=True)
+    upload = tmp_path / "src" / "run" / "kept.txt"
+    upload.write_text("replaced")
+    app = flask.Flask("write-once")
+    for role in ("editor", "viewer", None):
+        with app.test_request_context(environ_base={ROLE: role} if role else {}):
+            for write in (lambda: repo.log_artifact(str(upload), "1/run"),
+                          lambda: repo.delete_artifacts("1/run/kept.txt"), lambda: repo.delete_artifacts("1"),
+                          lambda: repo.log_artifacts(str(tmp_path / "src"), "1")):
+                with pytest.raises(WriteOnceConflict) as refused:
+                    write()
+                assert refused.value.get_http_status_code() == 409
+            repo.log_artifact(str(upload), f"1/run/new-{role}")  # a new path is written
+    assert kept.read_text() == "kept"
+    with app.test_request_context(environ_base={ROLE: "admin"}):
+        repo.log_artifact(str(upload), "1/run")  # an admin repairs
+    assert kept.read_text() == "replaced"
+    repo.delete_artifacts("1/run/kept.txt")  # outside a request: the server's own work
+    assert not kept.exists()
+
+
 def test_the_ui_gets_the_role_as_permissions():
     from server.gate import account
 
