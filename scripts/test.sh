@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-venv.sh
-.venv/bin/ruff check server tests bench
+.venv/bin/ruff check server tests bench scripts
 exec .venv/bin/python -m pytest "$@"
