@@ -86,11 +86,13 @@ def test_no_service_account_key_anywhere():
 def test_permissions_are_least():
     for path in WORKFLOWS:
         workflow = yaml.safe_load(path.read_text())
-        assert workflow["permissions"] == {"contents": "read"}, path.name
+        assert workflow["permissions"] in ({}, {"contents": "read"}), path.name
         for name, job in workflow["jobs"].items():
             perms = job.get("permissions", {})
             if perms.get("id-token") == "write":
                 assert name == "deploy" and path.name == "deploy.yml"
+            if perms.get("issues") == "write":  # only the rehearsal's one issue
+                assert path.name == "mlflow-rehearsal.yml"
             assert set(perms.values()) <= {"read", "write"} and perms.get("contents", "read") == "read"
 
 

@@ -12,6 +12,7 @@ import subprocess
 import pytest
 import yaml
 
+from server.borrowed import internals
 from tests.services import ROOT, VENV_BIN
 
 _spec = importlib.util.spec_from_file_location("rehearsal", ROOT / "scripts" / "rehearsal.py")
@@ -33,7 +34,7 @@ def pinned() -> dict:
 
 
 def test_the_snapshot_holds_what_a_bump_is_read_against(pinned):
-    assert pinned["versions"]["mlflow"] == "3.17.2"
+    assert pinned["versions"]["mlflow"] == internals.WRITTEN_FOR["mlflow"]
     entry = pinned["internals"]["write-once artifacts"]
     assert entry["problems"] == [] and entry["used_by"] == "server/limits/write_once.py"
     assert "def _get_artifact_repo_mlflow_artifacts" in entry["sources"][
