@@ -20,14 +20,16 @@ from server.borrowed import mlflow_env
 from server.borrowed.migrate import ensure_schema
 from server.borrowed.native_routes import NativeRoutes, leaves
 from server.borrowed.ui_compat import UiCompat
+from server.gate import account, workspace_views
 from server.gate.account import AccountRoutes
 from server.gate.auth import BasicAuthMiddleware
 from server.gate.failures import FailureLimiter, HashBudget, SharedCounters
 from server.gate.fleet_failures import FleetFailures, fleet_key
 from server.gate.iap import IapKeys, IapVerifier
 from server.gate.role_gate import RoleGate
-from server.gate.route_access import RouteAccess
+from server.gate.route_access import RouteAccess, scopes
 from server.gate.watched_table import WatchedTable
+from server.gate.workspace_gate import WorkspaceGate
 from server.jobs import runner as job_runner
 from server.limits import experiment_guard, write_once
 from server.limits.request_limits import RequestLimits
@@ -106,6 +108,7 @@ def create_app(settings: config.Settings):
     )
     app = RequestLimits(PlainServerErrors(app))  # after the gates: an anonymous client's body is never parsed
     app = AccountRoutes(RoleGate(app, _route_access(mlflow_app, native)))
+    app = _workspace_gate(app, settings, mlflow_app, native)
     users = WatchedTable(settings.users, settings.users_files, config.reload_users)
     # made here, in gunicorn's master: every worker forks with the same failure counts and budget;
     # instances on one PostgreSQL share the counts too, so their digests share a key
@@ -138,6 +141,26 @@ def _route_access(mlflow_app, native: NativeRoutes) -> RouteAccess:
         log.warning("%d route(s) of MLflow are not in server/gate/route_access.py's table; they count as writes: %s",
                     len(access.unclassified), ", ".join(f"{m} {p}" for m, p in access.unclassified))
     return access
+
+
+def _workspace_gate(app, settings: config.Settings, mlflow_app, native: NativeRoutes) -> WorkspaceGate:
+    """The role of each request from the user's grants (server-wide, or per MLflow workspace)."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+
+    enabled = MLFLOW_ENABLE_WORKSPACES.get()  # as MLflow reads it, so both agree
+    named = {w for user in settings.users.values() for w, _ in user.workspaces}
+    named |= {w for grants in settings.iap_roles.values() for w in grants.workspaces}
+    if named and not enabled:
+        log.warning("the users file or IAP roles give roles in %d workspace(s), but workspaces are off "
+                    "(MLFLOW_ENABLE_WORKSPACES): those roles do not apply", len(named))
+    elif named:
+        from mlflow.server import handlers
+
+        workspace_views.log_unknown(named, handlers._tracking_store.engine)
+    if enabled:
+        workspace_views.install(mlflow_app)
+    return WorkspaceGate(app, scopes(mlflow_app, list(leaves(native.routes))), enabled,
+                         account_paths=account.CURRENT | account.PERMISSIONS | account.ROLES_LIST)
 
 
 def _fleet_failures(settings: config.Settings, shared: SharedCounters) -> FleetFailures | None:

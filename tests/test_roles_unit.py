@@ -46,10 +46,10 @@ def test_what_each_role_may_do():
 
 def test_iap_roles_by_email_then_domain_then_anyone():
     table = iap.parse_roles("[admin]\nBoss@Example.com\n[editor]\n@example.com  # the team\n[viewer]\n*\n", "r")
-    assert iap.role_for(table, "boss@example.com") == "admin"
-    assert iap.role_for(table, "ann@example.com") == "editor"
-    assert iap.role_for(table, "x@other.org") == "viewer"
-    assert iap.role_for(iap.parse_roles("[viewer]\n@example.com", "r"), "x@other.org") is None
+    assert iap.role_for(table, "boss@example.com").server == "admin"
+    assert iap.role_for(table, "ann@example.com").server == "editor"
+    assert iap.role_for(table, "x@other.org").server == "viewer"
+    assert not iap.role_for(iap.parse_roles("[viewer]\n@example.com", "r"), "x@other.org")
     for bad in ("alice@example.com", "[viewer]\nnot-an-email", "[viewer]\na@b.c\n[editor]\na@b.c", "[owner]\na@b.c"):
         with pytest.raises(ValueError):
             iap.parse_roles(bad, "r")
@@ -67,7 +67,7 @@ def test_iap_settings_fail_closed(tmp_path):
         config.load_settings({**base, "MLFLOW_IAP_AUDIENCE": "my-client-id", "MLFLOW_IAP_ROLES": "[viewer]\n*"})
     assert "must look like /projects/" in str(failure.value)
     settings = config.load_settings({**base, "MLFLOW_IAP_AUDIENCE": AUDIENCE, "MLFLOW_IAP_ROLES": "[viewer]\n*"})
-    assert settings.users == {} and settings.iap_roles == {"*": "viewer"}  # IAP alone: no Basic users
+    assert settings.users == {} and settings.iap_roles == {"*": roles.Grants("viewer")}  # IAP alone: no Basic users
 
 
 # ------------------------------------------------------------ the route table
@@ -192,13 +192,13 @@ def keys():
 
 
 def verifier(server, table=None):
-    return iap.IapVerifier(AUDIENCE, lambda: table or {"@example.com": "editor"}, iap.IapKeys(server.url))
+    return iap.IapVerifier(AUDIENCE, lambda: table or {"@example.com": roles.Grants("editor")}, iap.IapKeys(server.url))
 
 
 def test_a_valid_assertion_and_its_role(keys):
     key, server = keys
-    assert verifier(server).verify(key.sign("ann@example.com")) == ("ann@example.com", "editor")
-    assert verifier(server).verify(key.sign("x@other.org")) == ("x@other.org", None)
+    assert verifier(server).verify(key.sign("ann@example.com")) == ("ann@example.com", roles.Grants("editor"))
+    assert verifier(server).verify(key.sign("x@other.org")) == ("x@other.org", roles.Grants())
 
 
 @pytest.mark.parametrize("bad", ["missing", "expired", "audience", "issuer", "forged", "no email", "huge"])

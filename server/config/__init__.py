@@ -23,6 +23,7 @@ from server.config import secret_manager
 from server.config.sources import RawValue, SourceError, lookup, places
 from server.gate import iap
 from server.gate import users as users_mod
+from server.gate.roles import Grants
 
 DEFAULT_SECRETS_DIR = "/run/secrets"
 TRUE = {"1", "true", "yes", "on"}
@@ -65,7 +66,7 @@ class Settings:
     users: dict[str, users_mod.User]
     users_files: tuple[str, ...]  # files the users came from; re-read when they change
     iap_audience: str | None  # Google sign-in through IAP (server/gate/iap.py); None: off
-    iap_roles: dict[str, str]  # {email, @domain or *: role}
+    iap_roles: dict[str, Grants]  # {email, @domain or *: its roles}
     iap_roles_files: tuple[str, ...]
     iap_keys_url: str
     public_urls: tuple[str, ...]
@@ -261,7 +262,7 @@ def _users(reader: _Reader, iap_on: bool = False) -> tuple[dict[str, users_mod.U
     return merged, tuple(files)
 
 
-def _iap_roles(reader: _Reader, audience: str | None) -> tuple[dict[str, str], tuple[str, ...]]:
+def _iap_roles(reader: _Reader, audience: str | None) -> tuple[dict[str, Grants], tuple[str, ...]]:
     found = reader.raw("MLFLOW_IAP_ROLES")
     if audience is None:
         if found is not None:
@@ -411,7 +412,7 @@ def reload_users(environ: dict[str, str] | None = None) -> dict[str, users_mod.U
     return users
 
 
-def reload_iap_roles(environ: dict[str, str] | None = None) -> dict[str, str]:
+def reload_iap_roles(environ: dict[str, str] | None = None) -> dict[str, Grants]:
     """Read the IAP roles again (after their secret file changed); raise ConfigError on a problem."""
     reader = _Reader(dict(os.environ if environ is None else environ))
     table, _ = _iap_roles(reader, _iap_audience(reader))

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
 import secrets
 import threading
@@ -44,7 +46,7 @@ from server.gate.account import SIGN_IN
 from server.gate.failures import FailureLimiter, HashBudget
 from server.gate.iap import HEADER as IAP_HEADER
 from server.gate.iap import IapError, IapUnavailableError, IapVerifier
-from server.gate.role_gate import DECISION, ROLE
+from server.gate.role_gate import DECISION, GRANTS, ROLE
 from server.gate.users import User, decoy_for, password_matches
 from server.gate.verified_cache import VerifiedCache
 
@@ -56,6 +58,16 @@ OPEN_PATHS = frozenset({"/health"})
 OPEN_METHODS = frozenset({"GET", "HEAD"})
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
 _CONTROL_CHARS = re.compile("[\x00-\x1f\x7f]")
+
+
+def job_credential(credential: tuple[str, str], workspace: str) -> tuple[str, str]:
+    """The credential of a job of ``workspace``, derived from the runner's: admin in that
+    workspace only, so a job (or code it runs) cannot reach another workspace's data."""
+    return f"{credential[0]}@{workspace}", job_password(credential[1], workspace)
+
+
+def job_password(secret: str, workspace: str) -> str:
+    return hmac.new(secret.encode(), f"workspace:{workspace}".encode(), hashlib.sha256).hexdigest()
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
@@ -114,7 +126,8 @@ class BasicAuthMiddleware:
         hash_budget: the share of CPU password-hash checks may use; None: no bound.
         open_paths: exact paths served without credentials for GET and HEAD.
         internal: (user, password) of this server's own job runner, accepted only from a
-            loopback peer (``server/jobs/runner.py``), with the admin role; None: no such user.
+            loopback peer (``server/jobs/runner.py``), with the admin role; the credentials
+            ``job_credential`` derives from it are admin in one workspace. None: no such user.
         iap: verifies IAP assertions; None: IAP sign-in is off.
     """
 
@@ -144,6 +157,7 @@ class BasicAuthMiddleware:
         if internal is not None:
             token = base64.b64encode(f"{internal[0]}:{internal[1]}".encode()).decode()
             self._internal = (internal[0], f"Basic {token}")
+            self._internal_secret = internal[1]
         safe_realm = realm.replace("\\", "").replace('"', "")
         self._challenge = f'Basic realm="{safe_realm}", charset="UTF-8"'
         if not users() and iap is None:
@@ -266,14 +280,14 @@ class BasicAuthMiddleware:
             environ[DECISION] = "open"
             return self.app(environ, start_response)
         if (internal := self._internal_user(environ)) is not None:
-            return self._let_in(environ, start_response, internal, roles.ADMIN, "internal")
+            return self._let_in(environ, start_response, internal[0], internal[1], "internal")
         if self._iap is not None:
             assertion = environ.get(IAP_HEADER)
             if assertion or not self._current().table:
                 return self._iap_request(environ, start_response, assertion)
         user, wait = self.verify(environ.get("HTTP_AUTHORIZATION"), environ.get("REMOTE_ADDR") or "-")
         if user is not None:
-            return self._let_in(environ, start_response, user.name, user.role, "basic")
+            return self._let_in(environ, start_response, user.name, user.grants, "basic")
         if wait:
             return _refused(environ, start_response, "throttled", "429 Too Many Requests",
                             b"429 Too Many Requests: too many login attempts, try again later.\n",
@@ -281,9 +295,10 @@ class BasicAuthMiddleware:
         return _refused(environ, start_response, "unauthenticated", "401 Unauthorized",
                         b"401 Unauthorized: valid credentials are required.\n", ("WWW-Authenticate", self._challenge))
 
-    def _let_in(self, environ: dict, start_response: Callable, user: str, role: str, sign_in: str):
+    def _let_in(self, environ: dict, start_response: Callable, user: str, grants: roles.Grants, sign_in: str):
         environ["REMOTE_USER"] = user
-        environ[ROLE] = role
+        environ[GRANTS] = grants  # the role of this request is decided from them (workspace_gate.py)
+        environ[ROLE] = grants.server
         environ[SIGN_IN] = sign_in
         # MLflow sees the request as ``mlflow server`` without an auth app does: no credential.
         # Its handlers read ``request.authorization`` only for its own auth app (e.g. to run a
@@ -294,7 +309,7 @@ class BasicAuthMiddleware:
     def _iap_request(self, environ: dict, start_response: Callable, assertion: str | None):
         """A request judged by its IAP assertion alone: in, or 401/403/503, never Basic."""
         try:
-            email, role = self._iap.verify(assertion)
+            email, grants = self._iap.verify(assertion)
         except IapUnavailableError:
             return _refused(environ, start_response, "unavailable", "503 Service Unavailable",
                             b"503 Service Unavailable: IAP sign-in cannot be checked right now.\n",
@@ -302,21 +317,30 @@ class BasicAuthMiddleware:
         except IapError:
             return _refused(environ, start_response, "unauthenticated", "401 Unauthorized",
                             b"401 Unauthorized: a valid IAP assertion (Google sign-in) is required.\n")
-        if role is None:
+        if not grants:
             environ["REMOTE_USER"] = email
             return _refused(environ, start_response, "denied", "403 Forbidden",
                             f"403 Forbidden: {email} is signed in through IAP, but no role is granted to "
                             "this account on this server (MLFLOW_IAP_ROLES).\n".encode())
-        return self._let_in(environ, start_response, email, role, "iap")
+        return self._let_in(environ, start_response, email, grants, "iap")
 
-    def _internal_user(self, environ: dict) -> str | None:
+    def _internal_user(self, environ: dict) -> tuple[str, roles.Grants] | None:
+        """The job runner (admin) or one of its jobs (admin in the job's workspace only)."""
         if self._internal is None or environ.get("REMOTE_ADDR") not in LOOPBACK:
             return None
         name, expected = self._internal
         header = environ.get("HTTP_AUTHORIZATION") or ""
         if secrets.compare_digest(header.encode("utf-8", "surrogatepass"), expected.encode()):
-            return name
+            return name, roles.Grants(roles.ADMIN)
+        parsed = parse_basic(header) if header.startswith("Basic ") else None
+        if parsed is None or not parsed[0].startswith(name + "@"):
+            return None
+        workspace = parsed[0][len(name) + 1:]
+        if secrets.compare_digest(parsed[1].encode("utf-8", "surrogatepass"),
+                                  job_password(self._internal_secret, workspace).encode()):
+            return parsed[0], roles.Grants(None, {workspace: roles.ADMIN})
         return None
+
 
 
 

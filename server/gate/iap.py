@@ -45,25 +45,30 @@ class IapUnavailableError(Exception):
     """IAP's public keys cannot be fetched, so no assertion can be checked."""
 
 
-def parse_roles(text: str, where: str) -> dict[str, str]:
-    """``{email, @domain or *: role}`` from ``[role]`` sections; raises ValueError."""
-    table = {}
-    for number, line, role in roles.sectioned(text, where, default=None, inline_comments=True):
+def parse_roles(text: str, where: str) -> dict[str, roles.Grants]:
+    """``{email, @domain or *: grants}`` from ``[role]`` and ``[role workspace]`` sections;
+    raises ValueError."""
+    server: dict[str, str] = {}
+    workspaces: dict[str, dict[str, str]] = {}
+    for number, line, role, workspace in roles.sectioned(text, where, default=None, inline_comments=True):
         if role is None:
             raise ValueError(f"{where}: line {number} comes before any [role] line")
         subject = line.lower()
         if subject != "*" and ("@" not in subject or any(ch.isspace() for ch in subject)):
             raise ValueError(f"{where}: line {number} is not an email, an @domain or *")
-        if subject in table:
-            raise ValueError(f"{where}: {subject} is listed twice")
-        table[subject] = role
-    return table
+        held = server if workspace is None else workspaces.setdefault(workspace, {})
+        if subject in held:
+            raise ValueError(f"{where}: {subject} is listed twice" + (f" for {workspace}" if workspace else ""))
+        held[subject] = role
+    subjects = set(server) | {s for held in workspaces.values() for s in held}
+    return {s: roles.Grants(server.get(s), {w: held[s] for w, held in workspaces.items() if s in held})
+            for s in subjects}
 
 
-def role_for(table: dict[str, str], email: str) -> str | None:
-    """The role of an account: by its email, else its domain, else ``*``; None: no role."""
+def role_for(table: dict[str, roles.Grants], email: str) -> roles.Grants:
+    """The roles of an account: per workspace, by its email, else its domain, else ``*``."""
     email = email.lower()
-    return table.get(email) or table.get("@" + email.rpartition("@")[2]) or table.get("*")
+    return roles.first_of(table.get(email), table.get("@" + email.rpartition("@")[2]), table.get("*"))
 
 
 class IapKeys:
@@ -115,8 +120,9 @@ class IapVerifier:
         self._keys = keys
         self._verified: VerifiedCache[tuple[str, float]] = VerifiedCache()  # (email, expiry)
 
-    def verify(self, assertion: str | None) -> tuple[str, str | None]:
-        """(email, role or None) of a valid assertion; raises IapError or IapUnavailableError."""
+    def verify(self, assertion: str | None) -> tuple[str, roles.Grants]:
+        """(email, its grants, empty for none) of a valid assertion; raises IapError or
+        IapUnavailableError."""
         if not assertion:
             raise IapError("no IAP assertion")
         if len(assertion) > MAX_ASSERTION_BYTES:

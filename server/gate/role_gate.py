@@ -21,6 +21,7 @@ log = logging.getLogger("server.roles")
 # environ keys: set by the auth layer (role) and here (decision), read by the access log
 ROLE = "mlflow_server.role"
 DECISION = "mlflow_server.decision"
+GRANTS = "mlflow_server.grants"  # set by the auth layer: the user's roles, server-wide and per workspace
 
 
 class RoleGate:

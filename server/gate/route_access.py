@@ -335,6 +335,31 @@ DELETE        mlflow/skills/{name}
 DELETE        mlflow/skills/{name}/versions/{version}
 """
 
+# With MLflow's workspaces on, the routes that belong to no workspace: the UI's shell, the
+# server's own state, the workspaces themselves and the AI assistant (configured per server).
+# A request to one of them is judged by the user's server-wide role (a user with roles in
+# workspaces only may read them: ``server/gate/workspace_gate.py``); every other route serves
+# the data of the request's workspace and is judged by the role held there.
+SERVER_ROUTES = """
+GET           /
+GET           /build/<path:filename>
+GET           /static-files/<path:path>
+GET           /health
+GET           /version
+GET           /gateway/mlflow/v1/models
+GET           mlflow/server-info
+GET,POST      mlflow/workspaces
+DELETE,GET,PATCH mlflow/workspaces/<workspace_name>
+GET,PUT       mlflow/assistant/config
+GET           mlflow/assistant/providers
+GET           mlflow/assistant/providers/{provider}/health
+GET           mlflow/assistant/providers/{provider}/models
+POST          mlflow/assistant/skills/install
+POST          mlflow/demo/delete
+POST          mlflow/demo/generate
+"""
+SERVER, WORKSPACE = "server", "workspace"
+
 _API_PREFIX = re.compile(r"^/(ajax-)?api/\d+\.\d+/")
 
 
@@ -370,10 +395,11 @@ class RouteAccess:
     native: (full path, route) of each FastAPI route served beside it (``native_routes.leaves``).
     table: the allowlist, ``{(method, path without prefix): level}``.
     prepared: levels of routes a later MLflow serves, used only for a route the app has.
+    default: the answer for a route the table does not name (and for a path the app lacks).
     """
 
     def __init__(self, flask_app, native: list[tuple[str, object]], table: dict = TABLE,
-                 prepared: dict = PREPARED):
+                 prepared: dict = PREPARED, default: str = WRITE):
         from starlette.routing import compile_path
 
         self.unclassified: list[tuple[str, str]] = []  # served, but not in the table: writes
@@ -387,7 +413,7 @@ class RouteAccess:
             if key in prepared:
                 return prepared[key]
             self.unclassified.append((method, path))
-            return WRITE
+            return default
 
         # FastAPI's routes first, as server/borrowed/native_routes.py hands a request to FastAPI when one
         # of its routes matches method and path, and to Flask otherwise
@@ -400,6 +426,7 @@ class RouteAccess:
             else:
                 self._native_exact.update(((method, path), level) for method, level in levels.items())
         self._native_prefixes = tuple({route_prefix(path) for path, _ in native if "{" in path})
+        self._default = default
         self._adapter = flask_app.url_map.bind("localhost")
         self._by_rule: dict[tuple[str, str], str] = {}
         self._flask_exact: dict[tuple[str, str], str] = {}  # paths without variables: a dict lookup
@@ -411,9 +438,9 @@ class RouteAccess:
         self.stale = sorted(set(table) - seen)  # in the table, not served: the table is out of date
 
     def level(self, method: str, path: str) -> str:
-        """The level a request needs; WRITE for a route the app does not have."""
+        """The level a request needs; the default (WRITE) for a route the app does not have."""
         if method == "OPTIONS":
-            return READ
+            return READ if self._default == WRITE else self._default
         if method == "HEAD":
             method = "GET"
         key = (method, path)
@@ -436,7 +463,12 @@ class RouteAccess:
         except RequestRedirect:
             # Flask answers with a redirect to the canonical path (``//x``, a missing slash) and
             # runs no view; the request that follows is judged. Only a GET passes for a viewer.
-            return READ if method == "GET" else WRITE
+            return READ if method == "GET" and self._default == WRITE else self._default
         except HTTPException:
-            return WRITE  # no such route (404, 405): unknown, so a write
-        return self._by_rule.get((method, rule.rule), WRITE)
+            return self._default  # no such route (404, 405): unknown, so a write
+        return self._by_rule.get((method, rule.rule), self._default)
+
+
+def scopes(flask_app, native: list[tuple[str, object]]) -> RouteAccess:
+    """SERVER or WORKSPACE for each request: which role judges it when workspaces are on."""
+    return RouteAccess(flask_app, native, table=parse_table(SERVER_ROUTES, SERVER), prepared={}, default=WORKSPACE)

@@ -7,8 +7,12 @@ Accepted forms, one user a line (``#`` comments and blank lines are ignored)::
     carol:$argon2id$v=19$...  # argon2 (argon2-cffi)
     [viewer]                  # the users below get this role (server/gate/roles.py)
     dave:pass:with:colons     # the password is everything after the first ':'
+    [editor team-a]           # a role in one workspace only
+    erin:$2b$12$...
+    dave                      # a name alone: a role for a user defined elsewhere in the file
 
-Users before any ``[role]`` line are admins. The wsgi-basic-auth variable
+Users before any ``[role]`` line are admins. A user listed only under workspace sections has
+no role outside those workspaces. The wsgi-basic-auth variable
 ``WSGI_AUTH_CREDENTIALS`` (``user:pass|user2:pass2``) is accepted unchanged, its users admins,
 so that blog-post deployments migrate as they are.
 """
@@ -36,11 +40,16 @@ class User:
     name: str
     secret: str  # plain password or a hash
     kind: str  # "plain", "bcrypt" or "argon2"
-    role: str = roles.DEFAULT_ROLE
+    role: str | None = roles.DEFAULT_ROLE  # server-wide; None: roles in workspaces only
+    workspaces: tuple[tuple[str, str], ...] = ()  # (workspace, role)
 
     @property
     def is_hashed(self) -> bool:
         return self.kind != "plain"
+
+    @property
+    def grants(self) -> roles.Grants:
+        return roles.Grants(self.role, dict(self.workspaces))
 
 
 def _kind_of(secret: str) -> str:
@@ -51,7 +60,7 @@ def _kind_of(secret: str) -> str:
     return "plain"
 
 
-def _make_user(name: str, secret: str, where: str, role: str = roles.DEFAULT_ROLE) -> User:
+def _make_user(name: str, secret: str, where: str, role: str | None = roles.DEFAULT_ROLE) -> User:
     if not name:
         raise UsersError(f"{where}: a user name is empty")
     if ":" in name or any(ch.isspace() for ch in name):
@@ -85,13 +94,29 @@ def _make_user(name: str, secret: str, where: str, role: str = roles.DEFAULT_ROL
 
 
 def parse_htpasswd(text: str, where: str) -> list[User]:
-    users = []
-    for number, line, role in roles.sectioned(text, where, roles.DEFAULT_ROLE, error=UsersError):
+    defined: dict[str, User] = {}
+    server_roles: dict[str, str] = {}
+    workspace_roles: dict[str, dict[str, str]] = {}
+    for number, line, role, workspace in roles.sectioned(text, where, roles.DEFAULT_ROLE, error=UsersError):
         name, sep, secret = line.partition(":")
-        if not sep:
-            raise UsersError(f"{where}: line {number} is not 'user:password' nor a [role] line")
-        users.append(_make_user(name, secret, f"{where} line {number}", role))
-    return users
+        if sep:
+            if name in defined:
+                raise UsersError(f"the user {name!r} is defined twice (give a further role with the name alone)")
+            defined[name] = _make_user(name, secret, f"{where} line {number}", None)
+        elif any(ch.isspace() for ch in line):
+            raise UsersError(f"{where}: line {number} is not 'user:password', a user name nor a [role] line")
+        if workspace is None:
+            server_roles[name] = roles.stronger(server_roles.get(name), role)
+        else:
+            held = workspace_roles.setdefault(name, {})
+            held[workspace] = roles.stronger(held.get(workspace), role)
+    # not named: a password line that lost its ':' would otherwise reach the log
+    unknown = (set(server_roles) | set(workspace_roles)) - set(defined)
+    if unknown:
+        raise UsersError(f"{where}: {len(unknown)} line(s) without ':' name no user defined in the file "
+                         "(a user line is 'user:password'; a name alone gives a role to a user defined elsewhere)")
+    return [User(u.name, u.secret, u.kind, server_roles.get(name), tuple(sorted(workspace_roles.get(name, {}).items())))
+            for name, u in defined.items()]
 
 
 def parse_wsgi_auth_credentials(text: str, where: str) -> list[User]:

@@ -212,13 +212,22 @@ class FleetRunner:
 
     # ------------------------------------------------------------------ one job
 
-    def _extra_envs(self, job_id: str) -> dict[str, str] | None:
+    def _extra_envs(self, job_id: str, workspace: str | None) -> dict[str, str] | None:
+        """What the job's environment adds: the credentials a web worker reserved for it, and
+        for a job of a workspace, a credential that is admin in that workspace only."""
         path = os.path.join(self.folder, f"{job_id}.env.json")
         try:
             with open(path) as fh:
-                return json.load(fh)
+                extra = json.load(fh)
         except (OSError, ValueError):
-            return None
+            extra = None
+        runner = (os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+        if workspace is not None and all(runner):
+            from server.gate.auth import job_credential
+
+            name, password = job_credential(runner, workspace)
+            extra = {**(extra or {}), "MLFLOW_TRACKING_USERNAME": name, "MLFLOW_TRACKING_PASSWORD": password}
+        return extra
 
     def _run_job(self, job: ClaimedJob, held: _Held) -> None:
         from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
@@ -270,7 +279,7 @@ class FleetRunner:
         with tempfile.TemporaryDirectory() as tmpdir:
             prepared = utils._prepare_job_subprocess(
                 meta.fn_fullname, params, meta.python_env, meta.transient_error_classes, tmpdir,
-                job.job_id, job.job_name, workspace, self._extra_envs(job.job_id))
+                job.job_id, job.job_name, workspace, self._extra_envs(job.job_id, workspace))
             for setup in prepared.setup_commands:
                 _exec_cmd(setup.command, cwd=setup.cwd, extra_env=setup.extra_env, capture_output=False)
             with self._lock:  # once stop() has begun, no job starts: it hands them back instead

@@ -1,0 +1,81 @@
+"""The stock client in MLflow's workspaces, as a team's script uses them (tests/test_workspaces.py).
+
+    python workspace_script.py admin-setup NAME... OUT   create the workspaces; list them
+    python workspace_script.py team WORKSPACE TAG OUT    a training session in WORKSPACE
+    python workspace_script.py parity TAG OUT            workspace calls compared with stock
+The tracking URI and credentials come from the environment. Writes JSON to OUT.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+
+def admin_setup(names: list[str]) -> dict:
+    existing = {w.name for w in mlflow.list_workspaces()}
+    for name in names:
+        if name not in existing:
+            mlflow.create_workspace(name, description=f"the {name} team")
+    return {"workspaces": sorted(w.name for w in mlflow.list_workspaces())}
+
+
+def team(workspace: str, tag: str) -> dict:
+    mlflow.set_workspace(workspace)
+    client = MlflowClient()
+    experiment_id = client.create_experiment(f"{workspace}-{tag}")
+    mlflow.set_experiment(experiment_id=experiment_id)
+    with mlflow.start_run(run_name=f"{workspace}-run") as run:
+        mlflow.log_param("team", workspace)
+        mlflow.log_metric("secret_metric", 0.42)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "notes.txt"
+            path.write_text(f"{workspace} notes {tag}")
+            mlflow.log_artifact(str(path))
+    model = f"{workspace}-model-{tag}"
+    client.create_registered_model(model)
+    version = client.create_model_version(model, f"runs:/{run.info.run_id}/notes.txt", run_id=run.info.run_id)
+    with mlflow.start_span(name=f"{workspace}-span") as span:
+        span.set_inputs({"q": workspace})
+    trace_id = span.trace_id
+    artifact_uri = run.info.artifact_uri
+    return {"experiment_id": experiment_id, "run_id": run.info.run_id, "model": model, "version": version.version,
+            "trace_id": trace_id, "artifact_uri": artifact_uri,
+            "experiments": sorted(e.name for e in client.search_experiments())}
+
+
+def parity(tag: str) -> dict:
+    """The workspace calls a team's admin makes, with results that do not depend on the server."""
+    name = f"ws-{tag}"
+    created = mlflow.create_workspace(name, description="parity")
+    listed = [w.name for w in mlflow.list_workspaces()]
+    got = mlflow.get_workspace(name)
+    mlflow.set_workspace(name)
+    client = MlflowClient()
+    experiment_id = client.create_experiment(f"in-{name}")
+    inside = sorted(e.name for e in client.search_experiments())
+    mlflow.set_workspace("default")
+    outside = [e.name for e in client.search_experiments() if e.name == f"in-{name}"]
+    try:
+        mlflow.get_workspace(f"missing-{tag}")
+        missing = "found"
+    except Exception as exc:  # the error the client raises for a workspace that does not exist
+        missing = getattr(exc, "error_code", type(exc).__name__)
+    return {"created": created.name, "description": got.description, "listed": name in listed and "default" in listed,
+            "inside": inside, "outside": outside, "experiment": bool(experiment_id), "missing": missing}
+
+
+def main() -> None:
+    command, *args, out = sys.argv[1:]
+    result = {"admin-setup": lambda: admin_setup(args), "team": lambda: team(*args),
+              "parity": lambda: parity(*args)}[command]()
+    Path(out).write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
