@@ -214,10 +214,13 @@ def _share_connection_pool() -> None:
 
 
 def _store_engines():
-    from mlflow.server import handlers
+    """The engines of every store MLflow keeps for the process (the workspace store among them,
+    made in the master when workspaces are on): each must be dropped across the fork."""
+    from mlflow.server import handlers, workspace_helpers
 
-    engines = {id(e): e for e in (getattr(s, "engine", None)
-                                  for s in (handlers._tracking_store, handlers._model_registry_store)) if e}
+    stores = (handlers._tracking_store, handlers._model_registry_store, handlers._job_store,
+              workspace_helpers._workspace_store)
+    engines = {id(e): e for e in (getattr(s, "engine", None) or getattr(s, "_engine", None) for s in stores) if e}
     return engines.values()
 
 

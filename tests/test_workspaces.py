@@ -218,6 +218,19 @@ def test_users_see_only_their_workspaces(server, teams):
     assert there.json()["message"].replace("team-b", "X") == nowhere.json()["message"].replace("no-such-team", "X")
 
 
+def test_concurrent_requests_resolve_their_workspace_without_errors(server, teams):
+    # every request makes MLflow look its workspace up; each worker must use its own connections
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(i):
+        path = f"{API3}/workspaces" if i % 2 else f"{API}/experiments/search"
+        return call(server, ANN, "GET" if i % 2 else "POST", path, json=None if i % 2 else {"max_results": 5})
+
+    with ThreadPoolExecutor(16) as pool:
+        codes = [answer.status_code for answer in pool.map(ask, range(96))]
+    assert codes == [200] * 96
+
+
 def test_a_role_in_a_workspace_that_does_not_exist_is_logged(server):
     # at start-up no team's workspace exists yet: the admin creates them afterwards
     lines = [line for line in server.log.read_text().splitlines() if "do not exist (yet)" in line]

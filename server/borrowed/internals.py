@@ -118,11 +118,15 @@ ENTRIES: tuple[Entry, ...] = (
            Target("mlflow.server.constants", "ARTIFACTS_DESTINATION_ENV_VAR",
                   value=ARTIFACTS_DESTINATION_ENV_VAR))),
     Entry("store start-up", "safety", "server/app.py",
-          "the stores are opened in gunicorn's master and their engines disposed after the fork",
+          "the stores are opened in gunicorn's master and their engines disposed after the fork "
+          "(the workspace store's too: shared by the workers, its connection gave wrong rows)",
           (Target(H, "initialize_backend_stores",
                   params=("backend_store_uri", "registry_store_uri", "default_artifact_root",
                           "workspace_store_uri", "read_replica_backend_store_uri")),
-           Target(H, "_tracking_store"), Target(H, "_model_registry_store"))),
+           Target(H, "_tracking_store"), Target(H, "_model_registry_store"), Target(H, "_job_store"),
+           Target("mlflow.server.workspace_helpers", "_workspace_store"),
+           Target("mlflow.store.workspace.sqlalchemy_store", "SqlAlchemyStore.__init__",
+                  contains="self._engine = db_utils.create_sqlalchemy_engine_with_retry(db_uri)"))),
     Entry("MLflow's auth app marked absent", "safety", "server/app.py",
           "search_runs imports mlflow.server.auth per call: without Flask-WTF that fails slowly and, "
           "under concurrency, with a 500; None in sys.modules makes it fail fast and alike",
