@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import subprocess
+import sys
 import uuid
 from urllib.parse import quote, urlsplit
 
@@ -18,7 +20,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE
-from tests.services import ROOT, Server, StockServer, run_client
+from tests.services import ROOT, Server, StockServer, base_env, run_client
 
 ANN = ("ann", "ann-team-a-password")  # editor in team-a, nothing elsewhere
 BOB = ("bob", "bob-team-b-password")  # editor in team-b
@@ -48,6 +50,8 @@ def server(workdir, postgres, gcs):
     secrets = {"mlflow_backend_store_uri": postgres.create_database("mlflow_workspaces"),
                "mlflow_artifacts_destination": f"gs://{gcs.bucket}/workspaces-test", "mlflow_auth_users": USERS}
     server = Server(workdir / "server-workspaces", env, secrets).start()
+    server.stores = {"MLFLOW_BACKEND_STORE_URI": secrets["mlflow_backend_store_uri"],
+                     "MLFLOW_ARTIFACTS_DESTINATION": secrets["mlflow_artifacts_destination"], **gcs.env()}
     yield server
     server.stop()
 
@@ -143,7 +147,10 @@ def test_team_b_data_by_id_reads_as_missing_from_team_a(server, teams):
         # the same answer, but for the value asked about: existence elsewhere does not show
         assert there.text.replace(value, "V") == nowhere.text.replace(other, "V"), (path, there.text, nowhere.text)
         assert not leaks(there, b, asked=value), (path, there.text)
-    # team-b's data is untouched
+    # team-b's data is untouched, and its owners read it
+    owned = call(server, BOB, "GET", "/model-versions/get-artifact", workspace="team-b",
+                 params={"name": b["model"], "version": b["version"], "path": "notes.txt"})
+    assert owned.text == f"team-b notes {teams['tag']}"
     run = call(server, BOB, "GET", f"{API}/runs/get", workspace="team-b", params={"run_id": b["run_id"]}).json()
     assert {m["key"] for m in run["run"]["data"]["metrics"]} == {"secret_metric"}
     assert not run["run"]["data"].get("tags") or all(t["key"] != "x" for t in run["run"]["data"]["tags"])
@@ -229,6 +236,33 @@ def test_concurrent_requests_resolve_their_workspace_without_errors(server, team
     with ThreadPoolExecutor(16) as pool:
         codes = [answer.status_code for answer in pool.map(ask, range(96))]
     assert codes == [200] * 96
+
+
+def test_an_experiment_and_its_model_move_into_a_team_workspace(server, teams):
+    tag = uuid.uuid4().hex[:6]
+    old = script(server.url, ALICE, "team", "default", tag)  # made before the team had a workspace
+    assert call(server, ANN, "GET", f"{API}/runs/get", params={"run_id": old["run_id"]}).status_code == 404
+    command = [sys.executable, str(ROOT / "scripts" / "move_to_workspace.py"), "--workspace", "team-a",
+               "--experiment", old["experiment_id"], "--model", old["model"], "--delete-source"]
+    done = subprocess.run(command, env={**base_env(server.stores)}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the team reads it all in its workspace: the run, its artifact, the model and its version's file
+    run = call(server, ANN, "GET", f"{API}/runs/get", params={"run_id": old["run_id"]})
+    assert run.status_code == 200 and run.json()["run"]["data"]["metrics"][0]["value"] == 0.42
+    artifact = f"{PROXY}/{old['experiment_id']}/{old['run_id']}/artifacts/notes.txt"
+    assert call(server, ANN, "GET", artifact).text == f"default notes {tag}", done.stdout
+    assert call(server, ANN, "GET", f"{API}/registered-models/get", params={"name": old["model"]}).status_code == 200
+    version_file = call(server, ANN, "GET", "/model-versions/get-artifact",
+                        params={"name": old["model"], "version": old["version"], "path": "notes.txt"})
+    assert version_file.text == f"default notes {tag}"
+    # and it has left the default workspace, with the old copy of its files
+    assert call(server, ALICE, "GET", f"{API}/experiments/get", workspace=None,
+                params={"experiment_id": old["experiment_id"]}).status_code == 404
+    assert call(server, ALICE, "GET", artifact, workspace=None).status_code == 404
+    # a second run is refused, naming why, and changes nothing
+    again = subprocess.run([*command[:-5], "--experiment", "999999"], env=base_env(server.stores),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "nothing was moved" in again.stderr
 
 
 def test_a_role_in_a_workspace_that_does_not_exist_is_logged(server):

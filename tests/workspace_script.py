@@ -39,7 +39,7 @@ def team(workspace: str, tag: str) -> dict:
             mlflow.log_artifact(str(path))
     model = f"{workspace}-model-{tag}"
     client.create_registered_model(model)
-    version = client.create_model_version(model, f"runs:/{run.info.run_id}/notes.txt", run_id=run.info.run_id)
+    version = client.create_model_version(model, run.info.artifact_uri, run_id=run.info.run_id)
     with mlflow.start_span(name=f"{workspace}-span") as span:
         span.set_inputs({"q": workspace})
     trace_id = span.trace_id
