@@ -265,6 +265,13 @@ def test_an_experiment_and_its_model_move_into_a_team_workspace(server, teams):
     assert again.returncode == 1 and "nothing was moved" in again.stderr
 
 
+def test_a_job_runs_in_its_workspace(server, teams):
+    done = script(server.url, ANN, "job", "team-a")
+    assert done["status"] == "SUCCEEDED" and done["assessments"] == ["has_seven"], done
+    # the job is team-a's: team-b reads it as missing
+    assert call(server, BOB, "GET", f"/ajax-api/3.0/jobs/{done['job_id']}", workspace="team-b").status_code == 404
+
+
 def test_a_role_in_a_workspace_that_does_not_exist_is_logged(server):
     # at start-up no team's workspace exists yet: the admin creates them afterwards
     lines = [line for line in server.log.read_text().splitlines() if "do not exist (yet)" in line]

@@ -3,6 +3,7 @@
     python workspace_script.py admin-setup NAME... OUT   create the workspaces; list them
     python workspace_script.py team WORKSPACE TAG OUT    a training session in WORKSPACE
     python workspace_script.py parity TAG OUT            workspace calls compared with stock
+    python workspace_script.py job WORKSPACE OUT         the UI's "Run judge" on a trace: a job in WORKSPACE
 The tracking URI and credentials come from the environment. Writes JSON to OUT.
 """
 
@@ -49,6 +50,45 @@ def team(workspace: str, tag: str) -> dict:
             "experiments": sorted(e.name for e in client.search_experiments())}
 
 
+def job(workspace: str) -> dict:
+    """A judge job run by the server's job runner in ``workspace``, as the UI starts one."""
+    import os
+    import time
+
+    import requests
+    from mlflow.genai.scorers import RegexMatch
+
+    mlflow.set_workspace(workspace)
+    experiment_id = MlflowClient().create_experiment(f"judged-{time.time_ns()}")
+    mlflow.set_experiment(experiment_id=experiment_id)
+
+    @mlflow.trace(name="judged")
+    def seven(x):
+        return x + 4
+
+    seven(3)
+    trace_id = mlflow.get_last_active_trace_id()
+    RegexMatch(name="has_seven", pattern="7").register(experiment_id=experiment_id)
+    session = requests.Session()
+    session.auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"])
+    session.headers["X-MLFLOW-WORKSPACE"] = workspace
+    url = os.environ["MLFLOW_TRACKING_URI"]
+    scorer = session.get(f"{url}/api/3.0/mlflow/scorers/list", params={"experiment_id": experiment_id},
+                         timeout=30).json()["scorers"][0]["serialized_scorer"]
+    invoked = session.post(f"{url}/ajax-api/3.0/mlflow/scorer/invoke", timeout=30, json={
+        "experiment_id": experiment_id, "serialized_scorer": scorer, "trace_ids": [trace_id], "log_assessments": True})
+    invoked.raise_for_status()
+    job_id = invoked.json()["jobs"][0]["job_id"]
+    deadline, status = time.monotonic() + 150, None
+    while time.monotonic() < deadline:
+        status = session.get(f"{url}/ajax-api/3.0/jobs/{job_id}", timeout=30).json()["status"]
+        if status in ("SUCCEEDED", "FAILED", "TIMEOUT", "CANCELED"):
+            break
+        time.sleep(1)
+    trace = MlflowClient().get_trace(trace_id)
+    return {"job_id": job_id, "status": status, "assessments": sorted(a.name for a in trace.info.assessments)}
+
+
 def parity(tag: str) -> dict:
     """The workspace calls a team's admin makes, with results that do not depend on the server."""
     name = f"ws-{tag}"
@@ -73,7 +113,7 @@ def parity(tag: str) -> dict:
 def main() -> None:
     command, *args, out = sys.argv[1:]
     result = {"admin-setup": lambda: admin_setup(args), "team": lambda: team(*args),
-              "parity": lambda: parity(*args)}[command]()
+              "parity": lambda: parity(*args), "job": lambda: job(*args)}[command]()
     Path(out).write_text(json.dumps(result))
 
 
