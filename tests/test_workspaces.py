@@ -128,6 +128,8 @@ def test_team_b_data_by_id_reads_as_missing_from_team_a(server, teams):
         ("GET", "/model-versions/get-artifact", {"params": {"name": "{id}", "version": "1", "path": "notes.txt"}},
          b["model"]),
         ("GET", f"{API3}/traces/{{id}}", {}, b["trace_id"]),
+        ("GET", "/ajax-api/2.0/mlflow/get-trace-artifact", {"params": {"request_id": "{id}"}}, b["trace_id"]),
+        ("GET", f"{API3}/traces/{{id}}/info", {}, b["trace_id"]),
         ("POST", f"{API}/runs/log-metric", {"json": {"run_id": "{id}", "key": "x", "value": 1, "timestamp": 0}},
          b["run_id"]),
         ("POST", f"{API}/runs/set-tag", {"json": {"run_id": "{id}", "key": "x", "value": "y"}}, b["run_id"]),
@@ -188,6 +190,11 @@ def test_artifact_paths_of_another_workspace_are_refused_in_every_spelling(serve
             answer = call(server, ANN, method, f"{PROXY}/{path}", data=b"x" if method == "PUT" else None)
             assert answer.status_code in (403, 404), (method, path, answer.status_code, answer.text)
             assert "team-b notes" not in answer.text
+    for route in ("/api/2.0/mlflow-artifacts/presigned", "/ajax-api/2.0/mlflow-artifacts/presigned"):
+        for path in (stored, missing):
+            answer = call(server, ANN, "GET", f"{route}/{path}")
+            assert answer.status_code in (403, 404, 501), (route, path, answer.text)
+            assert "team-b notes" not in answer.text and "X-Goog" not in answer.text
     listed = call(server, ANN, "GET", PROXY, params={"path": f"workspaces/team-b/{b['experiment_id']}"})
     assert listed.status_code in (403, 404) and b["run_id"] not in listed.text
     assert call(server, BOB, "GET", f"{PROXY}/{stored}", workspace="team-b").text.startswith("team-b notes")
