@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import ROOT, USER, database_uri, median, services
-from bench.run import log_batch_latencies, log_metric_rate, measured_window, metric_runs, paired_ratio
+from bench.run import load_round, log_metric_rate, metric_runs, paired_ratio
 from bench.servers import Running, start
 
 
@@ -52,10 +52,7 @@ def compare(before_root: Path, uri: str, dest: str, work: Path, cycles: int, rou
                 log_metric_rate(s, runs[side], 2)  # warm
             for round_ in range(rounds):
                 for side in ("before", "after") if round_ % 2 == 0 else ("after", "before"):
-                    rate, cpu_ms = measured_window(servers[side], runs[side], window)
-                    out[side]["rps"].append(rate)
-                    out[side]["cpu_ms"].append(cpu_ms)
-                    out[side]["batch_s"] += log_batch_latencies(servers[side], experiments[side], 2)
+                    load_round(out[side], servers[side], runs[side], experiments[side], window)
         finally:
             for s in servers.values():
                 s.stop()

@@ -99,6 +99,15 @@ def measured_window(server: Running, runs: list[str], seconds: float) -> tuple[f
     return rate, (server.cpu_seconds() - cpu) / (server.requests_served() - served) * 1000
 
 
+def load_round(into: dict, server: Running, runs: list[str], experiment_id: str, window: float) -> None:
+    """One side's turn in an interleaved comparison: a `log_metric` window (req/s, server CPU per
+    request) and two `log_batch` calls, added to ``into``'s lists."""
+    rate, cpu_ms = measured_window(server, runs, window)
+    into["rps"].append(rate)
+    into["cpu_ms"].append(cpu_ms)
+    into["batch_s"] += log_batch_latencies(server, experiment_id, 2)
+
+
 def log_batch_latencies(server: Running, experiment_id: str, calls: int) -> list[float]:
     from mlflow.entities import Metric
 

@@ -26,7 +26,7 @@ import urllib.request
 
 from bench.common import USER, database_uri, median, services
 from bench.run import (
-    log_batch_latencies,
+    load_round,
     make_search_experiment,
     measured_window,
     metric_runs,
@@ -103,10 +103,7 @@ def compare(pg, gcs, work, cycles: int, rounds: int, window: float) -> dict:
                 shift = round_ % len(SIDES)
                 for side in SIDES[shift:] + SIDES[:shift]:
                     with InWorkspace(side):
-                        rate, cpu_ms = measured_window(servers[side], runs[side], window)
-                        out[side]["rps"].append(rate)
-                        out[side]["cpu_ms"].append(cpu_ms)
-                        out[side]["batch_s"] += log_batch_latencies(servers[side], experiments[side], 2)
+                        load_round(out[side], servers[side], runs[side], experiments[side], window)
                         out[side]["search_s"] += search_latencies(servers[side], searched[side], 2)
         finally:
             for s in servers.values():
