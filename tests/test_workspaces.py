@@ -158,6 +158,37 @@ def test_team_b_data_by_id_reads_as_missing_from_team_a(server, teams):
     assert not run["run"]["data"].get("tags") or all(t["key"] != "x" for t in run["run"]["data"]["tags"])
 
 
+def test_team_b_genai_data_and_settings_by_id_read_as_missing_from_team_a(server, teams):
+    b = script(server.url, BOB, "extras", "team-b", teams["tag"])
+    secret = call(server, ALICE, "POST", f"{API3}/gateway/secrets/create", workspace="team-b", json={
+        "secret_name": f"team-b-key-{teams['tag']}", "secret_value": {"api_key": "sk-team-b-secret"}, "provider": "openai"})
+    assert secret.status_code == 200, secret.text
+    mcp_name = f"com.team-b/mcp-{teams['tag']}"
+    mcp = call(server, BOB, "POST", f"{API3}/mcp-servers", workspace="team-b", json={"name": mcp_name})
+    assert mcp.status_code in (200, 201), mcp.text
+    probes = [
+        (f"{API}/logged-models/{{id}}", {}, b["logged_model_id"]),
+        (f"{API3}/datasets/{{id}}", {}, b["dataset_id"]),
+        (f"{API3}/traces/{b['trace_id']}/assessments/{{id}}", {}, b["assessment_id"]),
+        (f"{API3}/scorers/get", {"params": {"experiment_id": b["experiment_id"], "name": "{id}"}}, b["scorer"]),
+        (f"{API}/registered-models/get", {"params": {"name": "{id}"}}, b["prompt"]),
+        (f"{API3}/gateway/secrets/get", {"params": {"secret_id": "{id}"}}, secret.json()["secret"]["secret_id"]),
+        (f"{API3}/mcp-servers/{{id}}", {}, mcp_name),
+    ]
+    for path, options, value in probes:
+        missing = f"com.example/{uuid.uuid4().hex}" if value == mcp_name else f"m-{uuid.uuid4().hex}"
+        filled = json.loads(json.dumps(options).replace("{id}", value))
+        there = call(server, ANN, "GET", path.replace("{id}", quote(value)), **filled)
+        other = json.loads(json.dumps(options).replace("{id}", missing))
+        nowhere = call(server, ANN, "GET", path.replace("{id}", quote(missing)), **other)
+        assert there.status_code == nowhere.status_code and there.status_code in (400, 403, 404), (path, there.text)
+        assert there.text.replace(value, "V") == nowhere.text.replace(missing, "V"), (path, there.text, nowhere.text)
+        assert "team-b" not in there.text.replace(value, "") and "sk-team-b" not in there.text, (path, there.text)
+    # their owners read them
+    assert call(server, BOB, "GET", f"{API}/logged-models/{b['logged_model_id']}", workspace="team-b").status_code == 200
+    assert call(server, BOB, "GET", f"{API3}/datasets/{b['dataset_id']}", workspace="team-b").status_code == 200
+
+
 def test_searches_lists_and_graphql_show_nothing_of_team_b(server, teams):
     b = teams["b"]
     answers = [

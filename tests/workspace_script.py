@@ -4,6 +4,7 @@
     python workspace_script.py team WORKSPACE TAG OUT    a training session in WORKSPACE
     python workspace_script.py parity TAG OUT            workspace calls compared with stock
     python workspace_script.py job WORKSPACE OUT         the UI's "Run judge" on a trace: a job in WORKSPACE
+    python workspace_script.py extras WORKSPACE TAG OUT  a logged model, dataset, assessment, scorer and prompt
 The tracking URI and credentials come from the environment. Writes JSON to OUT.
 """
 
@@ -89,6 +90,31 @@ def job(workspace: str) -> dict:
     return {"job_id": job_id, "status": status, "assessments": sorted(a.name for a in trace.info.assessments)}
 
 
+def extras(workspace: str, tag: str) -> dict:
+    """The GenAI side of a team's work in ``workspace``: what the by-id crossing tests reach for."""
+    from mlflow.genai.datasets import create_dataset
+    from mlflow.genai.scorers import RegexMatch
+
+    mlflow.set_workspace(workspace)
+    experiment_id = MlflowClient().create_experiment(f"{workspace}-genai-{tag}")
+    mlflow.set_experiment(experiment_id=experiment_id)
+    model = mlflow.initialize_logged_model(name=f"{workspace}-agent-{tag}", experiment_id=experiment_id)
+    dataset = create_dataset(name=f"{workspace}-dataset-{tag}", experiment_id=[experiment_id])
+
+    @mlflow.trace(name=f"{workspace}-answer")
+    def answer(q):
+        return q.upper()
+
+    answer("hi")
+    trace_id = mlflow.get_last_active_trace_id()
+    feedback = mlflow.log_feedback(trace_id=trace_id, name="quality", value=1)
+    RegexMatch(name=f"{workspace}-scorer", pattern="H").register(experiment_id=experiment_id)
+    prompt = mlflow.genai.register_prompt(name=f"{workspace}-prompt-{tag}", template="Hello {{name}}")
+    return {"experiment_id": experiment_id, "logged_model_id": model.model_id, "dataset_id": dataset.dataset_id,
+            "trace_id": trace_id, "assessment_id": feedback.assessment_id, "scorer": f"{workspace}-scorer",
+            "prompt": prompt.name}
+
+
 def parity(tag: str) -> dict:
     """The workspace calls a team's admin makes, with results that do not depend on the server."""
     name = f"ws-{tag}"
@@ -113,7 +139,7 @@ def parity(tag: str) -> dict:
 def main() -> None:
     command, *args, out = sys.argv[1:]
     result = {"admin-setup": lambda: admin_setup(args), "team": lambda: team(*args),
-              "parity": lambda: parity(*args), "job": lambda: job(*args)}[command]()
+              "parity": lambda: parity(*args), "job": lambda: job(*args), "extras": lambda: extras(*args)}[command]()
     Path(out).write_text(json.dumps(result))
 
 
