@@ -109,7 +109,7 @@ def create_app(settings: config.Settings):
     app = RequestLimits(PlainServerErrors(app))  # after the gates: an anonymous client's body is never parsed
     app = AccountRoutes(RoleGate(app, _route_access(mlflow_app, native)))
     app = _workspace_gate(app, settings, mlflow_app, native)
-    users = WatchedTable(settings.users, settings.users_files, config.reload_users)
+    users = WatchedTable(settings.users, settings.users_files, _reloader(config.reload_users, "users"))
     # made here, in gunicorn's master: every worker forks with the same failure counts and budget;
     # instances on one PostgreSQL share the counts too, so their digests share a key
     shared = SharedCounters(key=fleet_key(settings.backend_store_uri) if settings.backend_is_postgres else None)
@@ -148,8 +148,7 @@ def _workspace_gate(app, settings: config.Settings, mlflow_app, native: NativeRo
     from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
 
     enabled = MLFLOW_ENABLE_WORKSPACES.get()  # as MLflow reads it, so both agree
-    named = {w for user in settings.users.values() for w, _ in user.workspaces}
-    named |= {w for grants in settings.iap_roles.values() for w in grants.workspaces}
+    named = workspace_views.named_workspaces(settings.users, settings.iap_roles)
     if named and not enabled:
         log.warning("the users file or IAP roles give roles in %d workspace(s), but workspaces are off "
                     "(MLFLOW_ENABLE_WORKSPACES): those roles do not apply", len(named))
@@ -167,19 +166,29 @@ def _fleet_failures(settings: config.Settings, shared: SharedCounters) -> FleetF
     """Failed logins counted across instances, where instances can share a database."""
     if not settings.backend_is_postgres:
         return None  # SQLite: one instance
+    return FleetFailures(_worker_engine, shared, settings.lockout_seconds)
 
-    def engine():
-        from mlflow.server import handlers
 
-        return handlers._tracking_store.engine  # the worker's own pool
+def _worker_engine():
+    from mlflow.server import handlers
 
-    return FleetFailures(engine, shared, settings.lockout_seconds)
+    return handlers._tracking_store.engine  # the worker's own pool
+
+
+def _reloader(reload, label: str):
+    """A rotated users file or IAP roles table: with workspaces on, its unknown workspaces are logged."""
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+
+    if not MLFLOW_ENABLE_WORKSPACES.get():
+        return reload
+    return workspace_views.checked_on_reload(reload, _worker_engine, label)
 
 
 def _iap(settings: config.Settings) -> IapVerifier | None:
     if settings.iap_audience is None:
         return None
-    table = WatchedTable(settings.iap_roles, settings.iap_roles_files, config.reload_iap_roles, label="IAP roles")
+    table = WatchedTable(settings.iap_roles, settings.iap_roles_files, _reloader(config.reload_iap_roles, "IAP roles"),
+                         label="IAP roles")
     return IapVerifier(settings.iap_audience, table, IapKeys(settings.iap_keys_url))
 
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE
-from tests.services import ROOT, Server, StockServer, base_env, run_client
+from tests.services import ROOT, Server, StockServer, base_env, run_client, wait_for
 
 ANN = ("ann", "ann-team-a-password")  # editor in team-a, nothing elsewhere
 BOB = ("bob", "bob-team-b-password")  # editor in team-b
@@ -314,6 +314,21 @@ def test_a_role_in_a_workspace_that_does_not_exist_is_logged(server):
     # at start-up no team's workspace exists yet: the admin creates them afterwards
     lines = [line for line in server.log.read_text().splitlines() if "do not exist (yet)" in line]
     assert lines and "team-a, team-b, team-c, team-later" in lines[0], server.log.read_text()[:3000]
+
+
+def test_a_rotated_users_file_applies_and_logs_its_unknown_workspaces(server, teams):
+    path = f"{API}/experiments/search"
+    assert call(server, BOB, "POST", path, workspace="team-a", json={"max_results": 5}).status_code == 403
+    server.write_secret("mlflow_auth_users", USERS + "[viewer team-a]\nbob\n[viewer team-typo]\nbob\n")
+    try:
+        wait_for(lambda: call(server, BOB, "POST", path, workspace="team-a", json={"max_results": 5}).status_code == 200, 30,
+                 "the rotated users file to apply")
+        wait_for(lambda: any("do not exist (yet)" in line and "team-typo" in line
+                             for line in server.log.read_text().splitlines()), 10, "the unknown workspace's line")
+    finally:
+        server.write_secret("mlflow_auth_users", USERS)
+        wait_for(lambda: call(server, BOB, "POST", path, workspace="team-a", json={"max_results": 5}).status_code == 403, 30,
+                 "the users file to be restored")
 
 
 def test_the_stock_clients_workspace_calls_match_stock_mlflow_server(server, workdir, postgres, gcs):

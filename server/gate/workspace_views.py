@@ -88,9 +88,16 @@ def _refuse_other_workspaces_paths() -> None:
     handlers._get_workspace_scoped_repo_path_if_enabled = scoped_path
 
 
-def log_unknown(named: set[str], engine) -> None:
+def named_workspaces(users: dict, iap_roles: dict) -> set[str]:
+    """The workspaces a users table and an IAP roles table give roles in."""
+    named = {w for user in users.values() for w, _ in user.workspaces}
+    return named | {w for grants in iap_roles.values() for w in grants.workspaces}
+
+
+def log_unknown(named: set[str], engine, dispose: bool = True) -> None:
     """Log the workspaces roles are given in that MLflow does not have (yet): accepted, as a
-    workspace may be created later, but a misspelt name would grant nothing."""
+    workspace may be created later, but a misspelt name would grant nothing. ``dispose``: drop
+    the engine's connections after (gunicorn's master, which serves nothing)."""
     from mlflow.store.workspace.dbmodels.models import SqlWorkspace
     from sqlalchemy.exc import SQLAlchemyError
     from sqlalchemy.orm import Session
@@ -102,6 +109,20 @@ def log_unknown(named: set[str], engine) -> None:
         log.warning("could not list MLflow's workspaces to check the roles given in them: %s", exc.__class__.__name__)
         return
     finally:
-        engine.dispose()  # the master serves nothing: no connection stays open here
+        if dispose:
+            engine.dispose()
     if missing := sorted(named - existing - {"default"}):
         log.warning("roles are given in %d workspace(s) that do not exist (yet): %s", len(missing), ", ".join(missing))
+
+
+def checked_on_reload(reload, engine_of, label: str):
+    """``reload`` (a WatchedTable's), logging the unknown workspaces each new table names."""
+
+    def reloaded():
+        table = reload()
+        named = named_workspaces(table, {}) if label == "users" else named_workspaces({}, table)
+        if named:
+            log_unknown(named, engine_of(), dispose=False)
+        return table
+
+    return reloaded
