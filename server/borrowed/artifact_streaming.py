@@ -31,6 +31,7 @@ points: this server is not an installed distribution).
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
 import os
@@ -111,7 +112,9 @@ class _ProxiedOnly:
         raise _UnsupportedMultipartUploadException()
 
 
-class StreamingGCSArtifactRepository(_ProxiedOnly, GCSArtifactRepository, StreamUploadMixin):
+class _OneWriter:
+    """A request's body and a local file reach storage through one ``_write`` of the repository."""
+
     def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
         self._write(CountingReader(stream, _expected_length()), artifact_file_name, artifact_path)
 
@@ -119,6 +122,11 @@ class StreamingGCSArtifactRepository(_ProxiedOnly, GCSArtifactRepository, Stream
         with open(local_file, "rb") as file:
             self._write(CountingReader(file, os.fstat(file.fileno()).st_size), local_file, artifact_path)
 
+    async def log_artifact_from_async_stream(self, chunks, artifact_file_name, artifact_path=None):
+        raise NotImplementedError("the WSGI server streams through log_artifact_from_stream")
+
+
+class StreamingGCSArtifactRepository(_ProxiedOnly, _OneWriter, GCSArtifactRepository, StreamUploadMixin):
     def _write(self, reader: CountingReader, artifact_file_name: str, artifact_path: str | None) -> None:
         from google.api_core.exceptions import PreconditionFailed
 
@@ -134,9 +142,6 @@ class StreamingGCSArtifactRepository(_ProxiedOnly, GCSArtifactRepository, Stream
                     writer.write(data)
         except PreconditionFailed as exc:
             raise ObjectExistsError(blob.name) from exc
-
-    async def log_artifact_from_async_stream(self, chunks, artifact_file_name, artifact_path=None):
-        raise NotImplementedError("the WSGI server streams through log_artifact_from_stream")
 
     def open_object(self, path: str) -> tuple[Iterator[bytes], int] | None:
         bucket_name, root = self.parse_gcs_uri(self.artifact_uri)
@@ -164,14 +169,7 @@ class StreamingGCSArtifactRepository(_ProxiedOnly, GCSArtifactRepository, Stream
         return self._get_bucket(bucket_name).get_blob(name) is not None or self.is_folder(path)
 
 
-class StreamingS3ArtifactRepository(_ProxiedOnly, S3ArtifactRepository, StreamUploadMixin):
-    def log_artifact_from_stream(self, stream, artifact_file_name, artifact_path=None):
-        self._write(CountingReader(stream, _expected_length()), artifact_file_name, artifact_path)
-
-    def log_artifact(self, local_file, artifact_path=None):
-        with open(local_file, "rb") as file:
-            self._write(CountingReader(file, os.fstat(file.fileno()).st_size), local_file, artifact_path)
-
+class StreamingS3ArtifactRepository(_ProxiedOnly, _OneWriter, S3ArtifactRepository, StreamUploadMixin):
     def _write(self, reader: CountingReader, artifact_file_name: str, artifact_path: str | None) -> None:
         """One PUT for a body under CHUNK_BYTES, else a multipart upload of CHUNK_BYTES parts
         (one held at a time); an error aborts it, so no partial object appears."""
@@ -190,11 +188,11 @@ class StreamingS3ArtifactRepository(_ProxiedOnly, S3ArtifactRepository, StreamUp
                 return
             upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
             try:
-                parts, number, data = [], 1, first
-                while data:
+                parts = []
+                blocks = itertools.chain((first, following), iter(lambda: reader.block(CHUNK_BYTES), b""))
+                for number, data in enumerate(blocks, start=1):
                     done = client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=data)
                     parts.append({"PartNumber": number, "ETag": done["ETag"]})
-                    data, following, number = following, reader.block(CHUNK_BYTES) if following else b"", number + 1
                 client.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload,
                                                  MultipartUpload={"Parts": parts}, **condition)
             except BaseException:
@@ -204,9 +202,6 @@ class StreamingS3ArtifactRepository(_ProxiedOnly, S3ArtifactRepository, StreamUp
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise ObjectExistsError(key) from exc
             raise
-
-    async def log_artifact_from_async_stream(self, chunks, artifact_file_name, artifact_path=None):
-        raise NotImplementedError("the WSGI server streams through log_artifact_from_stream")
 
     def open_object(self, path: str) -> tuple[Iterator[bytes], int] | None:
         bucket, root = self.parse_s3_compliant_uri(self.artifact_uri)

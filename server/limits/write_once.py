@@ -184,12 +184,12 @@ class WriteOnceRepository:
             return super().log_artifact_from_stream(stream, artifact_file_name, artifact_path)
 
     def log_artifacts(self, local_dir, artifact_path=None):
-        held = False
-        for folder, _, files in os.walk(local_dir):
-            inner = os.path.relpath(folder, local_dir)
-            for name in files:
-                path = _joined(artifact_path, posixpath.join(*([] if inner == "." else inner.split(os.sep)), name))
-                held = self._admit(path) or held
+        held = _held()
+        if held:
+            for folder, _, files in os.walk(local_dir):
+                for name in files:
+                    inner = os.path.relpath(os.path.join(folder, name), local_dir).replace(os.sep, "/")
+                    self._admit(_joined(artifact_path, inner))
         with self._creating(held, artifact_path or ""):
             return super().log_artifacts(local_dir, artifact_path)
 
