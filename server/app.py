@@ -69,6 +69,7 @@ def create_app(settings: config.Settings):
         log.warning("%s", warning)
     _migrate(settings)
 
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
     from mlflow.server import app as mlflow_app
     from mlflow.server import handlers
 
@@ -108,8 +109,10 @@ def create_app(settings: config.Settings):
     )
     app = RequestLimits(PlainServerErrors(app))  # after the gates: an anonymous client's body is never parsed
     app = AccountRoutes(RoleGate(app, _route_access(mlflow_app, native)))
-    app = _workspace_gate(app, settings, mlflow_app, native)
-    users = WatchedTable(settings.users, settings.users_files, _reloader(config.reload_users, "users"))
+    workspaces_on = MLFLOW_ENABLE_WORKSPACES.get()  # as MLflow reads it, so both agree
+    app = _workspace_gate(app, settings, mlflow_app, native, workspaces_on)
+    users = WatchedTable(settings.users, settings.users_files,
+                         _reloader(config.reload_users, workspace_views.users_workspaces, workspaces_on))
     # made here, in gunicorn's master: every worker forks with the same failure counts and budget;
     # instances on one PostgreSQL share the counts too, so their digests share a key
     shared = SharedCounters(key=fleet_key(settings.backend_store_uri) if settings.backend_is_postgres else None)
@@ -121,7 +124,7 @@ def create_app(settings: config.Settings):
                                fleet=_fleet_failures(settings, shared)),
         hash_budget=HashBudget(counters=shared),
         internal=job_credential,
-        iap=_iap(settings),
+        iap=_iap(settings, workspaces_on),
     )
     app = SecurityHeaders(app)
     if settings.trusted_proxy_hops:
@@ -143,19 +146,14 @@ def _route_access(mlflow_app, native: NativeRoutes) -> RouteAccess:
     return access
 
 
-def _workspace_gate(app, settings: config.Settings, mlflow_app, native: NativeRoutes) -> WorkspaceGate:
+def _workspace_gate(app, settings: config.Settings, mlflow_app, native: NativeRoutes, enabled: bool) -> WorkspaceGate:
     """The role of each request from the user's grants (server-wide, or per MLflow workspace)."""
-    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
-
-    enabled = MLFLOW_ENABLE_WORKSPACES.get()  # as MLflow reads it, so both agree
-    named = workspace_views.named_workspaces(settings.users, settings.iap_roles)
+    named = workspace_views.users_workspaces(settings.users) | workspace_views.iap_workspaces(settings.iap_roles)
     if named and not enabled:
         log.warning("the users file or IAP roles give roles in %d workspace(s), but workspaces are off "
                     "(MLFLOW_ENABLE_WORKSPACES): those roles do not apply", len(named))
     elif named:
-        from mlflow.server import handlers
-
-        workspace_views.log_unknown(named, handlers._tracking_store.engine)
+        workspace_views.log_unknown(named, _tracking_engine())  # then disposed: the master serves nothing
     if enabled:
         workspace_views.install(mlflow_app)
     return WorkspaceGate(app, scopes(mlflow_app, list(leaves(native.routes))), enabled,
@@ -166,28 +164,25 @@ def _fleet_failures(settings: config.Settings, shared: SharedCounters) -> FleetF
     """Failed logins counted across instances, where instances can share a database."""
     if not settings.backend_is_postgres:
         return None  # SQLite: one instance
-    return FleetFailures(_worker_engine, shared, settings.lockout_seconds)
+    return FleetFailures(_tracking_engine, shared, settings.lockout_seconds)
 
 
-def _worker_engine():
+def _tracking_engine():
     from mlflow.server import handlers
 
-    return handlers._tracking_store.engine  # the worker's own pool
+    return handlers._tracking_store.engine  # in a worker, the worker's own pool
 
 
-def _reloader(reload, label: str):
+def _reloader(reload, workspaces_of, workspaces_on: bool):
     """A rotated users file or IAP roles table: with workspaces on, its unknown workspaces are logged."""
-    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
-
-    if not MLFLOW_ENABLE_WORKSPACES.get():
-        return reload
-    return workspace_views.checked_on_reload(reload, _worker_engine, label)
+    return workspace_views.checked_on_reload(reload, workspaces_of, _tracking_engine) if workspaces_on else reload
 
 
-def _iap(settings: config.Settings) -> IapVerifier | None:
+def _iap(settings: config.Settings, workspaces_on: bool) -> IapVerifier | None:
     if settings.iap_audience is None:
         return None
-    table = WatchedTable(settings.iap_roles, settings.iap_roles_files, _reloader(config.reload_iap_roles, "IAP roles"),
+    table = WatchedTable(settings.iap_roles, settings.iap_roles_files,
+                         _reloader(config.reload_iap_roles, workspace_views.iap_workspaces, workspaces_on),
                          label="IAP roles")
     return IapVerifier(settings.iap_audience, table, IapKeys(settings.iap_keys_url))
 

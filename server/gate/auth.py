@@ -342,8 +342,6 @@ class BasicAuthMiddleware:
         return None
 
 
-
-
 def _refused(environ: dict, start_response: Callable, decision: str, status: str, body: bytes,
              *headers: tuple[str, str]) -> list[bytes]:
     """A plain-text refusal; the body of the request is not read, so the connection closes after it."""

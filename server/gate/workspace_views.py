@@ -88,10 +88,14 @@ def _refuse_other_workspaces_paths() -> None:
     handlers._get_workspace_scoped_repo_path_if_enabled = scoped_path
 
 
-def named_workspaces(users: dict, iap_roles: dict) -> set[str]:
-    """The workspaces a users table and an IAP roles table give roles in."""
-    named = {w for user in users.values() for w, _ in user.workspaces}
-    return named | {w for grants in iap_roles.values() for w in grants.workspaces}
+def users_workspaces(users: dict) -> set[str]:
+    """The workspaces a users table gives roles in."""
+    return {w for user in users.values() for w, _ in user.workspaces}
+
+
+def iap_workspaces(iap_roles: dict) -> set[str]:
+    """The workspaces an IAP roles table gives roles in."""
+    return {w for grants in iap_roles.values() for w in grants.workspaces}
 
 
 def log_unknown(named: set[str], engine, dispose: bool = True) -> None:
@@ -115,13 +119,13 @@ def log_unknown(named: set[str], engine, dispose: bool = True) -> None:
         log.warning("roles are given in %d workspace(s) that do not exist (yet): %s", len(missing), ", ".join(missing))
 
 
-def checked_on_reload(reload, engine_of, label: str):
-    """``reload`` (a WatchedTable's), logging the unknown workspaces each new table names."""
+def checked_on_reload(reload, workspaces_of, engine_of):
+    """``reload`` (a WatchedTable's), logging the unknown workspaces each new table names
+    (``workspaces_of``: ``users_workspaces`` or ``iap_workspaces``)."""
 
     def reloaded():
         table = reload()
-        named = named_workspaces(table, {}) if label == "users" else named_workspaces({}, table)
-        if named:
+        if named := workspaces_of(table):
             log_unknown(named, engine_of(), dispose=False)
         return table
 
