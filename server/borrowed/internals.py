@@ -134,6 +134,16 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("one connection pool per worker", "safety", "server/app.py",
           "the registry store shares the tracking store's engine map: the connection bound in the README",
           (Target(SQL_TRACKING, "SqlAlchemyStore._engine_map"), Target(SQL_REGISTRY, "SqlAlchemyStore._engine_map"))),
+    Entry("own indexes", "speed", "server/borrowed/own_indexes.py",
+          "indexes of ours on MLflow's tables serve these queries' shapes: search_runs ordered by start "
+          "time within an experiment (with and without MLflow's NULLs-last CASE), and search_traces' "
+          "EXISTS on a span's name; tests/test_own_indexes.py checks with EXPLAIN that each is used",
+          (Target(SQL_TRACKING, "_get_orderby_clauses", params=("order_by_list", "session"),
+                  contains="clauses.append(SqlRun.start_time.desc())"),
+           Target(SQL_TRACKING, "_get_orderby_clauses",
+                  contains="case = sql.case((order_value.is_(None), 1), else_=0)"),
+           Target(SQL_TRACKING, "_get_filter_clauses_for_search_traces",
+                  contains="span_column = getattr(SqlSpan, key_name)"))),
     Entry("schema migration", "safety", "server/borrowed/migrate.py",
           "migrations once, under an advisory lock, before the workers fork",
           (Target("mlflow.store.db.utils", "_all_tables_exist", params=("engine",)),

@@ -4,8 +4,9 @@ On Postgres the work runs under a session advisory lock, so several instances st
 (Cloud Run scaling out, a new revision beside the old one) queue up: the first creates or
 upgrades the schema, the others wait, then find it current and go on. Without it a fresh
 database with several workers gives UniqueViolation 500s, and two concurrent
-``mlflow db upgrade`` runs fail. This server's own tables (``server/borrowed/own_tables.py``) are created
-in the same step, under the same lock.
+``mlflow db upgrade`` runs fail. This server's own tables (``server/borrowed/own_tables.py``) and
+its own indexes on MLflow's tables (``server/borrowed/own_indexes.py``) are created in the same
+step, under the same lock.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import time
 import sqlalchemy
 from sqlalchemy.pool import NullPool
 
-from server.borrowed import own_tables
+from server.borrowed import own_indexes, own_tables
 
 log = logging.getLogger("server.migrate")
 
 # pg_advisory_lock key: the bytes of "mlflow" as an integer, shared by every instance.
 ADVISORY_LOCK_KEY = int.from_bytes(b"mlflow", "big")
+LOCK_POLL_SECONDS = 0.2
 
 
 class MigrationError(Exception):
@@ -51,23 +53,31 @@ def ensure_schema(uri: str, auto_upgrade: bool = True, connect_timeout: float = 
     try:
         with _connect_with_retry(engine, time.monotonic() + connect_timeout) as lock_conn:
             if is_postgres:
-                started = time.monotonic()
-                lock_conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY})
-                lock_conn.commit()  # the lock is the session's; end the transaction
-                waited = time.monotonic() - started
-                if waited > 0.5:
-                    log.info("waited %.1fs for another instance's schema work", waited)
+                _take_lock(lock_conn)
             try:
                 done = _create_or_upgrade(engine, db_utils, auto_upgrade)
                 if created := own_tables.create(engine):
                     log.info("created this server's own tables: %s", ", ".join(created))
+                own_indexes.create(engine)
                 return done
             finally:
                 if is_postgres:
                     lock_conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_LOCK_KEY})
-                    lock_conn.commit()
     finally:
         engine.dispose()
+
+
+def _take_lock(conn: sqlalchemy.Connection) -> None:
+    """Take the advisory lock (the session's), polling outside any transaction: an instance that
+    waits in a statement holds a snapshot, and the lock holder's CREATE INDEX CONCURRENTLY
+    (server/borrowed/own_indexes.py) waits for every older snapshot to end, a deadlock."""
+    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+    started = time.monotonic()
+    while not conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar():
+        time.sleep(LOCK_POLL_SECONDS)
+    waited = time.monotonic() - started
+    if waited > 0.5:
+        log.info("waited %.1fs for another instance's schema work", waited)
 
 
 def _create_or_upgrade(engine, db_utils, auto_upgrade: bool) -> str:

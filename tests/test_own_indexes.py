@@ -1,0 +1,148 @@
+"""Our own indexes on MLflow's tables (server/borrowed/own_indexes.py), on a real PostgreSQL with
+MLflow's own store: built once by the migration step, rebuilt when a cut-off build left them
+invalid, used by the planner for the queries MLflow sends, and changing no result."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import sqlalchemy
+
+from bench.scale_data import seed
+from server.borrowed import migrate, own_indexes
+from server.config import normalize_backend_uri
+
+NAMES = {index.name for index in own_indexes.INDEXES}
+
+
+@pytest.fixture(scope="module")
+def seeded(postgres):
+    """A migrated database with experiments of 2,000 and 30,000 runs, and one of 20,000 traces: the
+    runs searched are a small part of the table, where an index is the plan that wins."""
+    uri = normalize_backend_uri(postgres.create_database("own_indexes"))
+    assert migrate.ensure_schema(uri) == "created"
+    ids = seed(postgres.dsn("own_indexes"), "mlflow-artifacts:/", run_sizes=(2_000, 30_000), history_sizes=(),
+               trace_sizes=(20_000,), experiments=0, say=lambda _: None)
+    engine = sqlalchemy.create_engine(uri)
+    yield uri, engine, ids
+    engine.dispose()
+
+
+def index_state(engine) -> dict[str, bool]:
+    with engine.connect() as conn:
+        rows = conn.execute(sqlalchemy.text(
+            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "WHERE c.relname LIKE 'mlflow_server_%'"))
+        return {name: valid for name, valid in rows.all() if name in NAMES}
+
+
+def mlflow_store(uri: str):
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    return SqlAlchemyStore(uri, "mlflow-artifacts:/")
+
+
+@contextlib.contextmanager
+def statements(engine_owner):
+    """The SQL statements (with their parameters) MLflow's store sends while the block runs."""
+    sent: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        sent.append((statement, parameters))
+
+    sqlalchemy.event.listen(engine_owner, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        sqlalchemy.event.remove(engine_owner, "before_cursor_execute", record)
+
+
+def plan_of(engine, statement: str, parameters) -> str:
+    raw = engine.raw_connection()
+    try:
+        with raw.cursor() as cur:
+            cur.execute("EXPLAIN " + statement, parameters)
+            return "\n".join(r[0] for r in cur.fetchall())
+    finally:
+        raw.close()
+
+
+def test_the_migration_step_builds_them_once(seeded):
+    uri, engine, _ = seeded
+    assert index_state(engine) == {name: True for name in NAMES}
+    assert own_indexes.create(engine) == []  # a second start finds them
+    assert migrate.ensure_schema(uri) == "current"
+    assert index_state(engine) == {name: True for name in NAMES}
+
+
+def test_an_index_left_invalid_is_built_again(seeded):
+    """A concurrent build cut off by a stopped instance leaves an invalid index, which the planner
+    never uses: the next start drops and builds it."""
+    _, engine, _ = seeded
+    name = own_indexes.INDEXES[0].name
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("UPDATE pg_index SET indisvalid = false WHERE indexrelid = CAST(:n AS regclass)"),
+                     {"n": name})
+    assert index_state(engine)[name] is False
+    assert own_indexes.create(engine) == [name]
+    assert index_state(engine) == {n: True for n in NAMES}
+
+
+# For the runs, either index of ours (which one the planner takes depends on the experiment's size;
+# at 2,000 runs the sort is cheap, bench/scale.py shows the large ones).
+RUNS_INDEX = "mlflow_server_runs_experiment_start_time"
+QUERIES = {
+    # the UI's runs table: a page of 100 ordered by start time
+    "runs, start time order": (RUNS_INDEX,
+                               lambda store, ids: store.search_runs(
+                                   [str(ids["runs"][2_000])], "", 1, max_results=100,
+                                   order_by=["attributes.start_time DESC"])),
+    # the client's search_runs with no order_by
+    "runs, default order": (RUNS_INDEX,
+                            lambda store, ids: store.search_runs([str(ids["runs"][2_000])], "", 1, max_results=100)),
+    "runs, filtered": (RUNS_INDEX,
+                       lambda store, ids: store.search_runs(
+                           [str(ids["runs"][2_000])], "metrics.m1 > 0.5 and params.p1 = '7'", 1, max_results=100,
+                           order_by=["attributes.start_time DESC"])),
+    "traces, span name": ("mlflow_server_spans_experiment_name",
+                          lambda store, ids: store.search_traces(
+                              locations=[str(ids["traces"][20_000])], filter_string="span.name = 'retrieve'",
+                              max_results=100)),
+}
+
+
+def result_of(store, ids, query) -> list:
+    found = query(store, ids)
+    if isinstance(found, tuple):  # search_traces: (trace infos, token)
+        return [t.to_proto().SerializeToString(deterministic=True) for t in found[0]]
+    return [r.to_proto().SerializeToString(deterministic=True) for r in found]
+
+
+@pytest.mark.parametrize("name", list(QUERIES))
+def test_the_planner_uses_them_and_no_result_changes(seeded, name):
+    uri, engine, ids = seeded
+    index, query = QUERIES[name]
+    store = mlflow_store(uri)
+    with statements(store.engine) as sent:
+        with_indexes = result_of(store, ids, query)
+    main = [(s, p) for s, p in sent if " LIMIT " in s and ("FROM runs" in s or "FROM trace_info" in s)]
+    assert main, [s[:200] for s, _ in sent]
+    plans = [plan_of(engine, s, p) for s, p in main]
+    assert any(index in plan for plan in plans), "\n\n".join(plans)
+    assert with_indexes
+
+    # the same query without our indexes: the same rows in the same order
+    with engine.begin() as conn:
+        for n in NAMES:
+            conn.execute(sqlalchemy.text(f"DROP INDEX {n}"))
+    try:
+        assert result_of(store, ids, query) == with_indexes
+    finally:
+        own_indexes.create(engine)
+    assert index_state(engine) == {n: True for n in NAMES}
+
+
+def test_sqlite_gets_none(tmp_path):
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'local.db'}")
+    assert own_indexes.create(engine) == []
