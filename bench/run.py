@@ -516,10 +516,18 @@ def rounded(samples, digits: int = 3):
 
 
 def write_doc(text: str) -> None:
-    doc = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-    head, _, rest = doc.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    write_doc_section(text, (BEGIN, END))
+
+
+def write_doc_section(text: str, markers: tuple[str, str]) -> None:
+    """Replace what docs/benchmarks.md holds between the two markers (added at its end if missing)."""
+    begin, end = markers
+    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if begin not in doc:
+        doc = f"{doc.rstrip()}\n\n{begin}\n{end}\n"
+    head, _, rest = doc.partition(begin)
+    _, _, tail = rest.partition(end)
+    DOC.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def main() -> None:

@@ -3,6 +3,8 @@
 * ``ours``: ``entry-point.sh`` (gunicorn + our middleware), as the container runs it;
 * ``noauth``: the same gunicorn and settings serving the same app without the auth layer
   (``bench/noauth_wsgi.py``), to price the auth layer alone;
+* ``floor``: the same gunicorn and settings serving a WSGI app that only runs the metric write's
+  SQL (``bench/floor_wsgi.py``): the floor of ``log_metric`` and ``log_batch``;
 * ``baseline``: MLflow's own ``mlflow server`` CLI (uvicorn + FastAPI + its job runner), same
   MLflow, same Postgres, same artifact destination, same number of workers.
 """
@@ -93,15 +95,15 @@ def start(kind: str, backend_uri: str, destination: str, workdir: Path, extra_en
     log = workdir / f"{kind}-{port}.log"
     env = base_env({"TMPDIR": str(workdir), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
                     **(extra_env or {})})
-    if kind in ("ours", "noauth"):
+    if kind in ("ours", "noauth", "floor"):
         env.update({"PORT": str(port), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_WORKERS": str(WORKERS),
                     "MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_ARTIFACTS_DESTINATION": destination,
                     "MLFLOW_AUTH_USERS": users or ":".join(USER), "MLFLOW_SECRETS_DIR": "",
                     "MLFLOW_AUTH_MAX_FAILURES": "1000000"})
         args = [str(app_root / "entry-point.sh")]
-        if kind == "noauth":
+        if kind in ("noauth", "floor"):
             env["PYTHONPATH"] = str(app_root)
-            args += ["bench.noauth_wsgi:application"]
+            args += [f"bench.{kind}_wsgi:application"]
         kind_label = kind
     else:
         args = [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),

@@ -85,11 +85,11 @@ _job_runner = None
 
 def _start_job_runner(server):
     global _job_runner
-    from server import app
+    app = sys.modules.get("server.app")  # none when gunicorn serves another app (the benchmarks' floor)
+    if app is None or app.job_credential is None:
+        return
     from server.jobs import runner as job_runner
 
-    if app.job_credential is None:
-        return
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     env = job_runner.runner_environment(settings.backend_store_uri, settings.default_artifact_root,
                                         f"http://{host}:{settings.port}", app.job_credential, os.getpid())
@@ -123,9 +123,9 @@ def on_exit(server):
 
 
 def post_fork(server, worker):
-    from server.app import after_fork
-
     # a stop signal caught by the master's handlers this process still has (server/serving/worker.py)
     worker.inherited_signals = server.SIG_QUEUE
     gc.set_threshold(*gc_thresholds)
-    after_fork()
+    app = sys.modules.get("server.app")  # loaded by preload_app; not imported here for another app
+    if app is not None:
+        app.after_fork()

@@ -1,0 +1,209 @@
+"""The hot path against its floor: our server, `mlflow server` and the floor, one interleaved run.
+
+    .venv/bin/python -m bench.floor              # ~12 minutes on 2 cores
+    .venv/bin/python -m bench.floor --cycles 1   # a quicker look
+
+The floor (``bench/floor_wsgi.py``) is the same gunicorn with the same settings serving an app
+that only parses the body and runs the metric write's one SQL statement on the same PostgreSQL:
+what a metric write cannot cost less than on this stack. Each cycle starts the three servers
+afresh and keeps them up together; the loads take turns (A B C, C B A, ...). Figures of the
+issue's first table, each beside its floor where one exists, go into docs/benchmarks.md; then
+where the microseconds of one ``log_metric`` go, layer by layer (``bench/hot_path.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import time
+
+import requests
+
+from bench import hot_path
+from bench.common import database_uri, median, services
+from bench.run import (
+    idle_pss,
+    log_batch_latencies,
+    log_metric_rate,
+    metric_runs,
+    mlflow_client,
+    write_doc_section,
+)
+from bench.servers import WORKERS, Running, start
+from tests.services import latencies
+
+MARKERS = ("<!-- floor:begin -->", "<!-- floor:end -->")
+SIDES = {"ours": "ours", "stock": "baseline", "floor": "floor"}
+
+
+def search_experiment(server: Running, runs: int = 500) -> str:
+    """An experiment of ``runs`` runs with 5 params, 5 metrics and 3 tags each (the issue's search)."""
+    import concurrent.futures
+
+    from mlflow.entities import Metric, Param, RunTag
+
+    client = mlflow_client(server)
+    exp = client.create_experiment(f"floor-search-{time.time_ns()}")
+
+    def one(i):
+        run = client.create_run(exp)
+        client.log_batch(run.info.run_id, metrics=[Metric(f"m{k}", i * k, 0, 0) for k in range(5)],
+                         params=[Param(f"p{k}", str(i + k)) for k in range(5)],
+                         tags=[RunTag(f"t{k}", str(k)) for k in range(3)])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(runs)))
+    return exp
+
+
+def ui_search_latencies(server: Running, calls: int) -> list[float]:
+    """The UI's experiments list call (a page of 25, newest first)."""
+    session = requests.Session()
+    url = f"{server.url}/ajax-api/2.0/mlflow/experiments/search?max_results=25&order_by=last_update_time+DESC"
+
+    def one():
+        r = session.get(url, auth=server.auth, timeout=60)
+        r.raise_for_status()
+
+    one()
+    return latencies(one, calls)
+
+
+def measured_window(server: Running, runs: list[str], seconds: float) -> tuple[float, float]:
+    """req/s of `log_metric` over one window, and the server's CPU ms per request in it (requests
+    counted by the client: stock has no access log to count them in)."""
+    cpu, started = server.cpu_seconds(), time.monotonic()
+    rate = log_metric_rate(server, runs, seconds)
+    requests_sent = rate * (time.monotonic() - started)
+    return rate, (server.cpu_seconds() - cpu) / requests_sent * 1000
+
+
+def cold_start(kind: str, uri: str, dest: str, work, env) -> float:
+    s = start(kind, uri, dest, work, extra_env=env)
+    try:
+        return s.wait_first_api_ok()
+    finally:
+        s.stop()
+
+
+def run(uri: str, dest: str, work, env: dict, cycles: int, window: float, rounds: int) -> dict:
+    out = {side: {k: [] for k in ("rps", "cpu_ms", "batch_s", "search_s", "ui_s", "cold_s", "pss_mb", "procs")}
+           for side in SIDES}
+    # migrate once and make the runs the floor writes to (it has no API to make them)
+    s = start("ours", uri, dest, work, extra_env=env)
+    s.wait_first_api_ok()
+    search_exp = search_experiment(s)
+    s.stop()
+    for cycle in range(cycles):
+        order = list(SIDES) if cycle % 2 == 0 else list(SIDES)[::-1]
+        for side in order:
+            out[side]["cold_s"].append(cold_start(SIDES[side], uri, dest, work, env))
+        servers: dict[str, Running] = {}
+        try:
+            for side in order:
+                servers[side] = start(SIDES[side], uri, dest, work, extra_env=env)
+                servers[side].wait_first_api_ok()
+            for side, server in servers.items():
+                out[side]["pss_mb"].append(idle_pss(server) if side != "floor" else server_pss(server))
+                out[side]["procs"].append(len(server.pids()))
+            runs, exps = {}, {}
+            for side, server in servers.items():
+                maker = servers["ours"] if side == "floor" else server
+                exps[side], runs[side] = metric_runs(maker, f"floor-{side}")
+                measured_window(server, runs[side], 2)  # warm
+            for round_ in range(rounds):
+                for side in order[:: 1 if round_ % 2 == 0 else -1]:
+                    server = servers[side]
+                    rate, cpu_ms = measured_window(server, runs[side], window)
+                    out[side]["rps"].append(rate)
+                    out[side]["cpu_ms"].append(cpu_ms)
+                    batch_server = server
+                    batch_exp = exps[side]
+                    if side == "floor":  # the floor's runs are made through ours
+                        out[side]["batch_s"] += floor_batch_latencies(server, runs[side][0], 3)
+                        continue
+                    out[side]["batch_s"] += log_batch_latencies(batch_server, batch_exp, 3)
+                    client = mlflow_client(server)
+                    out[side]["search_s"] += latencies(lambda c=client: c.search_runs([search_exp], max_results=1000), 2)
+                    out[side]["ui_s"] += ui_search_latencies(server, 5)
+        finally:
+            for server in servers.values():
+                server.stop()
+    return out
+
+
+def server_pss(server: Running) -> float:
+    time.sleep(3)
+    return server.pss_mb()
+
+
+def floor_batch_latencies(server: Running, run_id: str, calls: int) -> list[float]:
+    """``log_batch`` of 1000 metrics to the floor, as the stock client sends it."""
+    from mlflow.entities import Metric
+
+    client = mlflow_client(server)
+    counter = iter(range(10**9))
+
+    def one():
+        base = next(counter) * 1000 + 10**8
+        client.log_batch(run_id, metrics=[Metric("x", float(i), 0, base + i) for i in range(1000)])
+
+    return latencies(one, calls)
+
+
+# ---------------------------------------------------------------- report
+
+def table(out: dict) -> str:
+    m = {side: {k: median(v) for k, v in figures.items()} for side, figures in out.items()}
+    o, s, f = m["ours"], m["stock"], m["floor"]
+    rows = [
+        "| figure | floor | ours | `mlflow server` | ours / stock | ours / floor | issue's target (vs stock) |",
+        "|---|---|---|---|---|---|---|",
+        f"| `log_metric` req/s, 8 client threads | {f['rps']:.0f} | {o['rps']:.0f} | {s['rps']:.0f} | "
+        f"{o['rps'] / s['rps']:.2f}x | {o['rps'] / f['rps']:.2f} | >= 3x |",
+        f"| server CPU per `log_metric` (ms, all processes) | {f['cpu_ms']:.2f} | {o['cpu_ms']:.2f} | "
+        f"{s['cpu_ms']:.2f} | {o['cpu_ms'] / s['cpu_ms']:.2f} | {o['cpu_ms'] / f['cpu_ms']:.2f}x | |",
+        f"| `log_batch` 1000 metrics p50 (ms) | {f['batch_s'] * 1000:.0f} | {o['batch_s'] * 1000:.0f} | "
+        f"{s['batch_s'] * 1000:.0f} | {o['batch_s'] / s['batch_s']:.2f} | {o['batch_s'] / f['batch_s']:.2f}x | <= 0.3 |",
+        f"| `search_runs` 500 runs p50 (ms) | not measured | {o['search_s'] * 1000:.0f} | {s['search_s'] * 1000:.0f} | "
+        f"{o['search_s'] / s['search_s']:.2f} | | <= 0.3 |",
+        f"| UI `experiments/search` p50 (ms) | not measured | {o['ui_s'] * 1000:.1f} | {s['ui_s'] * 1000:.1f} | "
+        f"{o['ui_s'] / s['ui_s']:.2f} | | <= 0.5 |",
+        f"| cold start to first 200, migrated DB (s) | {f['cold_s']:.2f} | {o['cold_s']:.2f} | {s['cold_s']:.2f} | "
+        f"{o['cold_s'] / s['cold_s']:.2f} | {o['cold_s'] / f['cold_s']:.2f}x | <= 0.2 |",
+        f"| idle PSS, whole process tree (MB) | {f['pss_mb']:.0f} | {o['pss_mb']:.0f} | {s['pss_mb']:.0f} | "
+        f"{o['pss_mb'] / s['pss_mb']:.2f} | {o['pss_mb'] / f['pss_mb']:.1f}x | <= 0.1 |",
+        f"| processes at idle | {f['procs']:.0f} | {o['procs']:.0f} | {s['procs']:.0f} | | | |",
+    ]
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cycles", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--window", type=float, default=4.0)
+    parser.add_argument("--no-doc", action="store_true")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    with services() as (work, pg, gcs):
+        env = gcs.env()
+        os.environ.update(env)
+        uri = database_uri(pg, "floor")
+        out = run(uri, f"gs://{gcs.bucket}/floor", work, env, args.cycles, args.window, args.rounds)
+        layers = hot_path.measure(uri, f"gs://{gcs.bucket}/floor")
+    load_after = os.getloadavg()
+    when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = (f"Run {when} on {os.cpu_count()} cores, {WORKERS} workers each, {args.cycles} cycles of fresh servers, "
+            f"{args.rounds} rounds of {args.window:.0f} s `log_metric` windows per cycle; load average (1, 5, 15 min) "
+            f"{', '.join(f'{v:.2f}' for v in load_before)} before and {', '.join(f'{v:.2f}' for v in load_after)} "
+            "after. The floor's runs are made through our server (it has no API but the metric write).\n\n"
+            + table(out) + "\n\n" + hot_path.table(layers))
+    print(text)
+    if not args.no_doc:
+        write_doc_section(text, MARKERS)
+
+
+if __name__ == "__main__":
+    main()
