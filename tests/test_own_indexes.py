@@ -143,6 +143,28 @@ def test_the_planner_uses_them_and_no_result_changes(seeded, name):
     assert index_state(engine) == {n: True for n in NAMES}
 
 
+def test_a_user_who_may_not_build_them_still_starts(seeded, postgres, caplog):
+    """A database user that does not own MLflow's tables cannot create indexes on them: the
+    server starts anyway (speed only), and the log says what the owner can run."""
+    _, engine, _ = seeded
+    name = own_indexes.INDEXES[-1].name
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text(f"DROP INDEX {name}"))
+        conn.execute(sqlalchemy.text("DROP ROLE IF EXISTS mlflow_reader"))
+        conn.execute(sqlalchemy.text("CREATE ROLE mlflow_reader LOGIN PASSWORD 'reader-pw-123'"))
+        conn.execute(sqlalchemy.text("GRANT SELECT ON ALL TABLES IN SCHEMA public TO mlflow_reader"))
+    reader = sqlalchemy.create_engine(
+        f"postgresql+psycopg2://mlflow_reader:reader-pw-123@127.0.0.1:{postgres.port}/own_indexes")
+    try:
+        with caplog.at_level("WARNING", logger="server.own_indexes"):
+            assert own_indexes.create(reader) == []
+    finally:
+        reader.dispose()
+    assert f"index {name} not built" in caplog.text
+    assert "must be owner" in caplog.text
+    assert own_indexes.create(engine) == [name]  # the owner builds it
+
+
 def test_sqlite_gets_none(tmp_path):
     engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'local.db'}")
     assert own_indexes.create(engine) == []

@@ -71,22 +71,37 @@ def existing(conn: sqlalchemy.Connection) -> set[str]:
     return {r[0] for r in rows}
 
 
+# A concurrent build waits for every transaction older than it; one left open elsewhere (a
+# forgotten psql session) must not hold the server's start for ever.
+LOCK_TIMEOUT = "30s"
+
+
 def create(engine: sqlalchemy.Engine) -> list[str]:
-    """Build the indexes that do not exist (or are invalid); returns their names."""
+    """Build the indexes that do not exist (or are invalid); returns their names.
+
+    Speed only: an index that cannot be built (the server's database user does not own MLflow's
+    tables, a lock wait timed out) is logged with the statement to run and skipped; the server
+    starts and answers the same, only large searches stay slow. The next start tries again."""
     if engine.dialect.name != "postgresql":
         return []
     built = []
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sqlalchemy.text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
         invalid = _invalid(conn)
         present = existing(conn) - invalid
         for index in INDEXES:
             if index.name in present:
                 continue
-            if index.name in invalid:
-                conn.execute(sqlalchemy.text(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}"))
             started = time.monotonic()
             log.info("building index %s on %s (once; writes go on meanwhile)", index.name, index.table)
-            conn.execute(sqlalchemy.text(index.create_sql))
+            try:
+                if index.name in invalid:
+                    conn.execute(sqlalchemy.text(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}"))
+                conn.execute(sqlalchemy.text(index.create_sql))
+            except sqlalchemy.exc.DBAPIError as exc:
+                log.warning("index %s not built, large searches stay slow (%s); the tables' owner can "
+                            "build it: %s", index.name, str(exc.orig).strip().splitlines()[0], index.create_sql)
+                continue
             log.info("built index %s in %.1fs", index.name, time.monotonic() - started)
             built.append(index.name)
     return built
