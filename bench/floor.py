@@ -26,6 +26,7 @@ from bench.run import (
     idle_pss,
     log_batch_latencies,
     log_metric_rate,
+    make_search_experiment,
     metric_runs,
     mlflow_client,
     write_doc_section,
@@ -35,26 +36,6 @@ from tests.services import latencies
 
 MARKERS = ("<!-- floor:begin -->", "<!-- floor:end -->")
 SIDES = {"ours": "ours", "stock": "baseline", "floor": "floor"}
-
-
-def search_experiment(server: Running, runs: int = 500) -> str:
-    """An experiment of ``runs`` runs with 5 params, 5 metrics and 3 tags each (the issue's search)."""
-    import concurrent.futures
-
-    from mlflow.entities import Metric, Param, RunTag
-
-    client = mlflow_client(server)
-    exp = client.create_experiment(f"floor-search-{time.time_ns()}")
-
-    def one(i):
-        run = client.create_run(exp)
-        client.log_batch(run.info.run_id, metrics=[Metric(f"m{k}", i * k, 0, 0) for k in range(5)],
-                         params=[Param(f"p{k}", str(i + k)) for k in range(5)],
-                         tags=[RunTag(f"t{k}", str(k)) for k in range(3)])
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(runs)))
-    return exp
 
 
 def ui_search_latencies(server: Running, calls: int) -> list[float]:
@@ -93,7 +74,7 @@ def run(uri: str, dest: str, work, env: dict, cycles: int, window: float, rounds
     # migrate once and make the runs the floor writes to (it has no API to make them)
     s = start("ours", uri, dest, work, extra_env=env)
     s.wait_first_api_ok()
-    search_exp = search_experiment(s)
+    search_exp = make_search_experiment(s, runs=500)  # the issue's search
     s.stop()
     for cycle in range(cycles):
         order = list(SIDES) if cycle % 2 == 0 else list(SIDES)[::-1]

@@ -127,12 +127,12 @@ def search_latencies(server: Running, experiment_id: str, calls: int) -> list[fl
     return latencies(lambda: client.search_runs([experiment_id], max_results=1000), calls)
 
 
-def make_search_experiment(server: Running) -> str:
-    """An experiment of 1000 runs, each with 5 params, 5 metrics and 3 tags."""
+def make_search_experiment(server: Running, runs: int = 1000) -> str:
+    """An experiment of ``runs`` runs, each with 5 params, 5 metrics and 3 tags."""
     from mlflow.entities import Metric, Param, RunTag
 
     client = mlflow_client(server)
-    exp = client.create_experiment(f"search-1000-{time.time_ns()}")
+    exp = client.create_experiment(f"search-{runs}-{time.time_ns()}")
 
     def one(i):
         run = client.create_run(exp)
@@ -142,7 +142,7 @@ def make_search_experiment(server: Running) -> str:
         client.set_terminated(run.info.run_id)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(1000)))
+        list(pool.map(one, range(runs)))
     return exp
 
 
