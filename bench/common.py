@@ -75,9 +75,16 @@ def services() -> Iterator[tuple[Path, Postgres, GcsEmulator]]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def database_uri(pg: Postgres, name: str) -> str:
-    """A fresh database, as the server's own configuration would pass it to MLflow (psycopg2)."""
-    return normalize_backend_uri(pg.create_database(name))
+def database_uri(pg: Postgres, name: str, template: str | None = None) -> str:
+    """A fresh database (a copy of ``template`` when given), as the server's own configuration
+    would pass it to MLflow (psycopg2)."""
+    return normalize_backend_uri(pg.create_database(name, template))
+
+
+def load_average(before: tuple[float, ...], after: tuple[float, ...]) -> str:
+    """The machine's load around a run, for the figures' caption (``os.getloadavg()`` twice)."""
+    return (f"load average (1, 5, 15 min) {', '.join(f'{v:.2f}' for v in before)} before and "
+            f"{', '.join(f'{v:.2f}' for v in after)} after")
 
 
 def median(values: list[float]) -> float:

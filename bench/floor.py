@@ -21,14 +21,14 @@ import time
 import requests
 
 from bench import hot_path
-from bench.common import database_uri, median, services
+from bench.common import database_uri, load_average, median, services
 from bench.run import (
     idle_pss,
     log_batch_latencies,
     log_metric_rate,
     make_search_experiment,
     metric_runs,
-    mlflow_client,
+    search_latencies,
     write_doc_section,
 )
 from bench.servers import WORKERS, Running, start
@@ -86,7 +86,7 @@ def run(uri: str, dest: str, work, env: dict, cycles: int, window: float, rounds
                 servers[side] = start(SIDES[side], uri, dest, work, extra_env=env)
                 servers[side].wait_first_api_ok()
             for side, server in servers.items():
-                out[side]["pss_mb"].append(idle_pss(server) if side != "floor" else server_pss(server))
+                out[side]["pss_mb"].append(idle_pss(server) if side != "floor" else floor_pss(server))
                 out[side]["procs"].append(len(server.pids()))
             runs, exps = {}, {}
             for side, server in servers.items():
@@ -99,38 +99,22 @@ def run(uri: str, dest: str, work, env: dict, cycles: int, window: float, rounds
                     rate, cpu_ms = measured_window(server, runs[side], window)
                     out[side]["rps"].append(rate)
                     out[side]["cpu_ms"].append(cpu_ms)
-                    batch_server = server
-                    batch_exp = exps[side]
-                    if side == "floor":  # the floor's runs are made through ours
-                        out[side]["batch_s"] += floor_batch_latencies(server, runs[side][0], 3)
-                        continue
-                    out[side]["batch_s"] += log_batch_latencies(batch_server, batch_exp, 3)
-                    client = mlflow_client(server)
-                    out[side]["search_s"] += latencies(lambda c=client: c.search_runs([search_exp], max_results=1000), 2)
-                    out[side]["ui_s"] += ui_search_latencies(server, 5)
+                    out[side]["batch_s"] += log_batch_latencies(server, exps[side], 3,
+                                                                run_maker=servers["ours"] if side == "floor" else None)
+                    if side != "floor":
+                        out[side]["search_s"] += search_latencies(server, search_exp, 2)
+                        out[side]["ui_s"] += ui_search_latencies(server, 5)
         finally:
             for server in servers.values():
                 server.stop()
     return out
 
 
-def server_pss(server: Running) -> float:
+def floor_pss(server: Running) -> float:
+    """The floor's idle PSS: it answers none of the API idle_pss warms up with, and starts no
+    process after its first answer, so a short settle is enough."""
     time.sleep(3)
     return server.pss_mb()
-
-
-def floor_batch_latencies(server: Running, run_id: str, calls: int) -> list[float]:
-    """``log_batch`` of 1000 metrics to the floor, as the stock client sends it."""
-    from mlflow.entities import Metric
-
-    client = mlflow_client(server)
-    counter = iter(range(10**9))
-
-    def one():
-        base = next(counter) * 1000 + 10**8
-        client.log_batch(run_id, metrics=[Metric("x", float(i), 0, base + i) for i in range(1000)])
-
-    return latencies(one, calls)
 
 
 # ---------------------------------------------------------------- report
@@ -177,9 +161,8 @@ def main() -> None:
     load_after = os.getloadavg()
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"Run {when} on {os.cpu_count()} cores, {WORKERS} workers each, {args.cycles} cycles of fresh servers, "
-            f"{args.rounds} rounds of {args.window:.0f} s `log_metric` windows per cycle; load average (1, 5, 15 min) "
-            f"{', '.join(f'{v:.2f}' for v in load_before)} before and {', '.join(f'{v:.2f}' for v in load_after)} "
-            "after. The floor's runs are made through our server (it has no API but the metric write).\n\n"
+            f"{args.rounds} rounds of {args.window:.0f} s `log_metric` windows per cycle; "
+            f"{load_average(load_before, load_after)}. The floor's runs are made through our server (it has no API but the metric write).\n\n"
             + table(out) + "\n\n" + hot_path.table(layers))
     print(text)
     if not args.no_doc:

@@ -27,7 +27,7 @@ from urllib.parse import urlencode
 import requests
 
 from bench import scale_data
-from bench.common import ROOT, database_uri, median, services
+from bench.common import ROOT, database_uri, load_average, median, services
 from bench.run import write_doc_section
 from bench.servers import WORKERS, Running, start
 
@@ -254,15 +254,7 @@ def main() -> None:
             "trace_sizes": scale_data.TRACE_SIZES[:1]}
         ids = scale_data.seed(pg.dsn(ours_db), "mlflow-artifacts:/", **sizes)
         seeding = time.monotonic() - started
-        stock_uri = database_uri(pg, stock_db)  # made empty, then replaced by the copy
-        import psycopg2
-
-        admin = psycopg2.connect(pg.dsn("postgres"))
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE {stock_db}")
-            cur.execute(f"CREATE DATABASE {stock_db} TEMPLATE {ours_db}")
-        admin.close()
+        stock_uri = database_uri(pg, stock_db, template=ours_db)
         servers: dict[str, Running] = {}
         try:
             servers["ours"], first_start = first_start_with_indexes(uri, dest, work, env)
@@ -280,9 +272,8 @@ def main() -> None:
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     images = [] if args.no_doc else plots(results)
     text = (f"Run {when} on {os.cpu_count()} cores, {WORKERS} workers each side, p50 of {args.reps} calls a side "
-            f"(3 for the 1M-point whole history), the sides taking turns; load average (1, 5, 15 min) "
-            f"{', '.join(f'{v:.2f}' for v in load_before)} before and {', '.join(f'{v:.2f}' for v in load_after)} "
-            f"after. Seeding took {seeding:.0f} s; our first start on the seeded database, building our "
+            f"(3 for the 1M-point whole history), the sides taking turns; {load_average(load_before, load_after)}. "
+            f"Seeding took {seeding:.0f} s; our first start on the seeded database, building our "
             f"indexes, {first_start:.1f} s. Every answer of ours equal to stock's.\n\n"
             + tables(results) + "\n" + "\n".join(f"![{name}]({name})" for name in images))
     print(text)

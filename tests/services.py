@@ -145,14 +145,15 @@ class Postgres:
     def dsn(self, database: str) -> str:
         return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{database}"
 
-    def create_database(self, name: str) -> str:
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A fresh database (replacing one of that name); a copy of ``template`` when given."""
         import psycopg2
 
         conn = psycopg2.connect(self.dsn("postgres"))
         conn.autocommit = True
         with conn.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            cur.execute(f'CREATE DATABASE "{name}"')
+            cur.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
         conn.close()
         return self.dsn(name)
 

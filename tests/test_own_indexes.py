@@ -31,10 +31,7 @@ def seeded(postgres):
 
 def index_state(engine) -> dict[str, bool]:
     with engine.connect() as conn:
-        rows = conn.execute(sqlalchemy.text(
-            "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-            "WHERE c.relname LIKE 'mlflow_server_%'"))
-        return {name: valid for name, valid in rows.all() if name in NAMES}
+        return own_indexes.state(conn)
 
 
 def mlflow_store(uri: str):

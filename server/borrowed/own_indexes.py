@@ -57,18 +57,14 @@ INDEXES = (
 )
 
 
-def _invalid(conn: sqlalchemy.Connection) -> set[str]:
-    """Our indexes left invalid by a concurrent build that was cut off (a stopped instance)."""
+def state(conn: sqlalchemy.Connection) -> dict[str, bool]:
+    """Our indexes in this schema, each with whether it is valid (False: a concurrent build was
+    cut off, by a stopped instance, and the planner never uses it)."""
     rows = conn.execute(sqlalchemy.text(
-        "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "WHERE NOT i.indisvalid AND c.relname LIKE 'mlflow\\_server\\_%'"))
-    return {r[0] for r in rows}
-
-
-def existing(conn: sqlalchemy.Connection) -> set[str]:
-    rows = conn.execute(sqlalchemy.text(
-        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND indexname LIKE 'mlflow\\_server\\_%'"))
-    return {r[0] for r in rows}
+        "SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relname = ANY(:names)"), {"names": [i.name for i in INDEXES]})
+    return dict(rows.all())
 
 
 # A concurrent build waits for every transaction older than it; one left open elsewhere (a
@@ -87,15 +83,14 @@ def create(engine: sqlalchemy.Engine) -> list[str]:
     built = []
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sqlalchemy.text(f"SET lock_timeout = '{LOCK_TIMEOUT}'"))
-        invalid = _invalid(conn)
-        present = existing(conn) - invalid
+        found = state(conn)
         for index in INDEXES:
-            if index.name in present:
+            if found.get(index.name):
                 continue
             started = time.monotonic()
             log.info("building index %s on %s (once; writes go on meanwhile)", index.name, index.table)
             try:
-                if index.name in invalid:
+                if index.name in found:  # there, but invalid
                     conn.execute(sqlalchemy.text(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}"))
                 conn.execute(sqlalchemy.text(index.create_sql))
             except sqlalchemy.exc.DBAPIError as exc:
