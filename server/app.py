@@ -73,7 +73,7 @@ def create_app(settings: config.Settings):
     from mlflow.server import app as mlflow_app
     from mlflow.server import handlers
 
-    from server.borrowed import artifact_streaming, internals, json_responses, metric_writes
+    from server.borrowed import artifact_streaming, internals, json_responses, metric_history, metric_writes
 
     speed_patches_off = internals.verify()  # refuses to start if a safety patch's target changed
     _settle_mlflow_auth_module()
@@ -88,6 +88,7 @@ def create_app(settings: config.Settings):
         settings.backend_store_uri, settings.registry_store_uri, settings.default_artifact_root
     )
     _release_connections()  # the master serves nothing: its workers open their own
+    metric_history.install(mlflow_app)  # a metric's whole history, a batch at a time
     if job_credential:
         from mlflow.environment_variables import MLFLOW_SERVER_JOB_LEASE_TTL
 

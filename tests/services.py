@@ -164,7 +164,9 @@ class Postgres:
         try:
             with conn.cursor() as cur:
                 cur.execute(sql, params)
-                return cur.fetchall() if cur.description else []
+                rows = cur.fetchall() if cur.description else []
+            conn.commit()
+            return rows
         finally:
             conn.close()
 
