@@ -5,6 +5,7 @@ whole history of 300,000 points read without the worker holding it in memory."""
 
 from __future__ import annotations
 
+import json
 import math
 import urllib.parse
 
@@ -154,3 +155,36 @@ def test_a_large_history_is_read_without_holding_it(servers, runs):
     growth_mb = max(after[pid] - before.get(pid, after[pid]) for pid in after) / 1024
     print(f"worker peak memory growth for {LARGE} points: {growth_mb:.0f} MB")
     assert growth_mb < 57, f"a worker's peak memory grew by {growth_mb:.0f} MB"
+
+
+@pytest.mark.parametrize("printer", ["ours", "mlflow"])
+@pytest.mark.parametrize("batches", [[], [1], [3, 2, 1]])
+@pytest.mark.parametrize("token", [None, "tok"])
+def test_spliced_batches_are_one_message(printer, batches, token):
+    """Unit: the batches printed one by one and spliced read as the one message of all of them,
+    with either printer (ours, compact; MLflow's, indented)."""
+    import io
+
+    from mlflow.entities import Metric
+    from mlflow.protos.service_pb2 import GetMetricHistory
+    from mlflow.server import handlers
+    from mlflow.utils import proto_json_utils
+
+    from server.borrowed import json_responses, metric_history
+
+    to_json = json_responses.message_to_json if printer == "ours" else proto_json_utils.message_to_json
+    points = iter(range(100))
+    entities = [[Metric(f"k[{i}]", math.nan if i % 2 else i / 3, T0 + i, i) for i in
+                 (next(points) for _ in range(n))] for n in batches]
+    whole = GetMetricHistory.Response()
+    whole.metrics.extend(m.to_proto() for batch in entities for m in batch)
+    if token:
+        whole.next_page_token = token
+    out = io.BytesIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(handlers, "message_to_json", to_json)
+        splicer = metric_history._Splicer(out)
+        for batch in entities:
+            splicer.metrics(batch)
+        splicer.close(token)
+    assert json.loads(out.getvalue()) == json.loads(to_json(whole))

@@ -115,12 +115,9 @@ def write_history(store: SqlAlchemyStore, out, run_id: str, key: str, max_result
 
 
 def _chunks(spool) -> Iterator[bytes]:
-    try:
-        spool.seek(0)
-        while chunk := spool.read(CHUNK):
-            yield chunk
-    finally:
-        spool.close()
+    spool.seek(0)
+    while chunk := spool.read(CHUNK):
+        yield chunk
 
 
 @handlers.catch_mlflow_exception
@@ -136,6 +133,7 @@ def get_metric_history():
         raise
     response = Response(_chunks(spool), mimetype="application/json", direct_passthrough=True)
     response.content_length = length
+    response.call_on_close(spool.close)  # also when the body is never read (HEAD, a client gone)
     return response
 
 
