@@ -74,7 +74,7 @@ def probes(ids: dict, quick: bool) -> list[Probe]:
     for n in history_sizes:
         key = f"loss-{n}"
         out += [
-            # the stock client's get_metric_history: the whole history in one answer
+            # no max_results: the whole history in one answer (the stock client pages by 25,000)
             Probe("metric history", "get-history (whole)", n, "GET",
                   "/api/2.0/mlflow/metrics/get-history?" + urlencode({"run_id": run, "metric_key": key}),
                   reps=3 if n >= 1_000_000 else None),

@@ -2,9 +2,9 @@
 
 MLflow's handler loads every point of the metric as an ORM object, then an entity, then a
 protobuf message, then one JSON tree and one string: about 2.8 KB of a worker's memory per
-point (841 MB for 300,000 points, 1.9 GB for 1M, measured), and the stock client's
-``get_metric_history`` asks for the whole history in one answer. One such call can take down
-a 2 GiB Cloud Run instance.
+point (841 MB for 300,000 points, 1.9 GB for 1M, measured). Without ``max_results`` the answer
+is the whole history (the stock Python client pages by 25,000; any other caller need not), and
+one such call can take down a 2 GiB Cloud Run instance.
 
 Here the request is parsed and checked by MLflow's own code (``_get_request_message`` with
 the handler's schema, the same ``max_results`` rule), the run by the store's access hook
