@@ -73,7 +73,14 @@ def create_app(settings: config.Settings):
     from mlflow.server import app as mlflow_app
     from mlflow.server import handlers
 
-    from server.borrowed import artifact_streaming, internals, json_responses, metric_history, metric_writes
+    from server.borrowed import (
+        artifact_streaming,
+        internals,
+        json_responses,
+        metric_history,
+        metric_writes,
+        planner_settings,
+    )
 
     speed_patches_off = internals.verify()  # refuses to start if a safety patch's target changed
     _settle_mlflow_auth_module()
@@ -87,6 +94,7 @@ def create_app(settings: config.Settings):
     handlers.initialize_backend_stores(
         settings.backend_store_uri, settings.registry_store_uri, settings.default_artifact_root
     )
+    planner_settings.install(_store_engines())  # PostgreSQL's planner costs for SSDs, where left at default
     _release_connections()  # the master serves nothing: its workers open their own
     metric_history.install(mlflow_app)  # a metric's whole history, a batch at a time
     if job_credential:

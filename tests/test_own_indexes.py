@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy
 
 from bench.scale_data import seed
-from server.borrowed import migrate, own_indexes
+from server.borrowed import migrate, own_indexes, planner_settings
 from server.config import normalize_backend_uri
 
 NAMES = {index.name for index in own_indexes.INDEXES}
@@ -165,3 +165,49 @@ def test_a_user_who_may_not_build_them_still_starts(seeded, postgres, caplog):
 def test_sqlite_gets_none(tmp_path):
     engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'local.db'}")
     assert own_indexes.create(engine) == []
+
+
+# ---------------------------------------------------------------- planner settings (server/borrowed/planner_settings.py)
+
+def random_page_cost(engine) -> str:
+    with engine.connect() as conn:
+        return conn.execute(sqlalchemy.text("SHOW random_page_cost")).scalar()
+
+
+def test_the_servers_connections_plan_a_span_filter_from_the_matching_spans(seeded):
+    """With PostgreSQL's default costs the span-name filter scans every trace of the experiment;
+    on the server's connections it reads the matching spans from our index and fetches their
+    traces by key, and returns the same traces."""
+    uri, engine, ids = seeded
+    _, query = QUERIES["traces, span name"]
+    store = mlflow_store(uri)
+    with statements(store.engine) as sent:
+        default_costs = result_of(store, ids, query)
+    statement, params = next((s, p) for s, p in sent if " LIMIT " in s and "FROM trace_info" in s)
+    assert "Seq Scan on trace_info" in plan_of(engine, statement, params)
+
+    planned = sqlalchemy.create_engine(uri)
+    planner_settings.install([planned])
+    try:
+        assert random_page_cost(planned) == planner_settings.RANDOM_PAGE_COST
+        plan = plan_of(planned, statement, params)
+        assert "Seq Scan on trace_info" not in plan and "trace_info_pk" in plan, plan
+        store.engine.dispose()
+        planner_settings.install([store.engine])
+        assert result_of(store, ids, query) == default_costs
+    finally:
+        planned.dispose()
+
+
+def test_a_value_the_operator_set_is_kept(seeded):
+    uri, engine, _ = seeded
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("ALTER DATABASE own_indexes SET random_page_cost = 2.5"))
+    planned = sqlalchemy.create_engine(uri)
+    planner_settings.install([planned])
+    try:
+        assert random_page_cost(planned) == "2.5"
+    finally:
+        planned.dispose()
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("ALTER DATABASE own_indexes RESET random_page_cost"))

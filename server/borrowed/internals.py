@@ -134,10 +134,11 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("one connection pool per worker", "safety", "server/app.py",
           "the registry store shares the tracking store's engine map: the connection bound in the README",
           (Target(SQL_TRACKING, "SqlAlchemyStore._engine_map"), Target(SQL_REGISTRY, "SqlAlchemyStore._engine_map"))),
-    Entry("own indexes", "speed", "server/borrowed/own_indexes.py",
+    Entry("own indexes", "speed", "server/borrowed/own_indexes.py, server/borrowed/planner_settings.py",
           "indexes of ours on MLflow's tables serve these queries' shapes: search_runs ordered by start "
           "time within an experiment (with and without MLflow's NULLs-last CASE), and search_traces' "
-          "EXISTS on a span's name; tests/test_own_indexes.py checks with EXPLAIN that each is used",
+          "EXISTS on a span's name (driven from the matching spans once the server's connections plan "
+          "with an SSD's random_page_cost); tests/test_own_indexes.py checks with EXPLAIN that each is used",
           (Target(SQL_TRACKING, "_get_orderby_clauses", params=("order_by_list", "session"),
                   contains="clauses.append(SqlRun.start_time.desc())"),
            Target(SQL_TRACKING, "_get_orderby_clauses",
