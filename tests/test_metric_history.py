@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from server.borrowed.metric_history import BATCH
 from tests.conftest import CAROL, gcs_server_config
-from tests.services import Server, StockServer, process_tree
+from tests.services import Server, StockServer, proc_kib, web_processes
 
 POINTS = 2 * BATCH + 345  # three batches, the last one partial
 LARGE = 300_000
@@ -134,12 +134,8 @@ def test_the_stock_client_reads_every_point(runs):
 
 
 def worker_peaks(server: Server) -> dict[int, int]:
-    """Peak resident memory (VmHWM, kB) of each process of the server."""
-    peaks = {}
-    for pid in process_tree(server.proc.pid):
-        with open(f"/proc/{pid}/status") as status:
-            peaks[pid] = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-    return peaks
+    """Peak resident memory (VmHWM, kB) of gunicorn's master and each worker."""
+    return {pid: proc_kib([pid], "status", "VmHWM") for pid in web_processes(server.proc.pid)}
 
 
 def test_a_large_history_is_read_without_holding_it(servers, runs):
