@@ -369,6 +369,38 @@ def run_client(script: Path, args: list[str], url: str, credentials: tuple[str, 
     return done, out
 
 
+APP_PROBE = """
+import base64, json, sys
+from sqlalchemy import event
+from werkzeug.test import Client
+from server.app import create_app
+from server.config import load_settings
+from mlflow.server import handlers
+
+app = create_app(load_settings())
+statements = []
+event.listen(handlers._get_tracking_store().engine, "before_cursor_execute",
+             lambda conn, cursor, statement, *args: statements.append(statement))
+auth = {"Authorization": "Basic " + base64.b64encode(b"alice:Long-enough-passw0rd").decode()}
+client = Client(app)
+"""
+
+
+def run_app_probe(body: str, backend_uri: str, artifacts: Path, *args: str) -> dict:
+    """Build the server's app in a fresh interpreter (as gunicorn's master does) on
+    ``backend_uri``, with user alice, then run ``body`` after ``APP_PROBE``: it has ``client``,
+    ``auth`` and ``statements`` (the SQL the tracking store sends) and prints one JSON line,
+    which is returned."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WSGI_AUTH"))}
+    env.update(MLFLOW_BACKEND_STORE_URI=backend_uri, MLFLOW_AUTH_USERS="alice:Long-enough-passw0rd",
+               MLFLOW_ARTIFACTS_DESTINATION=str(artifacts), MLFLOW_SECRETS_DIR="", PYTHONPATH=str(ROOT),
+               LOG_LEVEL="warning")
+    out = subprocess.run([sys.executable, "-c", APP_PROBE + body, *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 class Server:
     """Our server started with ``entry-point.sh``, configured through secret files."""
 

@@ -15,12 +15,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import math
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 from mlflow.entities import Metric, Param, RunTag
@@ -30,7 +26,7 @@ from sqlalchemy import event
 
 from server.borrowed import metric_writes
 from server.config import normalize_backend_uri
-from tests.services import ROOT
+from tests.services import run_app_probe
 
 T0 = 1_700_000_000_000
 BIG = 2**62 + 1
@@ -246,19 +242,6 @@ def test_logged_model_metric_still_reaches_the_model(postgres):
 
 
 SERVER_PROBE = """
-import base64, json
-from sqlalchemy import event
-from werkzeug.test import Client
-from server.app import create_app
-from server.config import load_settings
-from mlflow.server import handlers
-
-app = create_app(load_settings())
-statements = []
-event.listen(handlers._get_tracking_store().engine, "before_cursor_execute",
-             lambda conn, cursor, statement, *args: statements.append(statement))
-auth = {"Authorization": "Basic " + base64.b64encode(b"alice:Long-enough-passw0rd").decode()}
-client = Client(app)
 exp = client.post("/api/2.0/mlflow/experiments/create", json={"name": "e"}, headers=auth).get_json()
 run = client.post("/api/2.0/mlflow/runs/create", json={"experiment_id": exp["experiment_id"]}, headers=auth)
 run_id = run.get_json()["run"]["info"]["run_id"]
@@ -277,14 +260,7 @@ print(json.dumps({"status": [logged.status_code, batch.status_code], "statements
 
 
 def test_the_server_writes_metrics_in_one_statement(postgres, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WSGI_AUTH"))}
-    env.update(MLFLOW_BACKEND_STORE_URI=postgres.create_database("metric_writes_server"),
-               MLFLOW_AUTH_USERS="alice:Long-enough-passw0rd", MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path),
-               MLFLOW_SECRETS_DIR="", PYTHONPATH=str(ROOT), LOG_LEVEL="warning")
-    out = subprocess.run([sys.executable, "-c", SERVER_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=180)
-    assert out.returncode == 0, out.stderr[-2000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_app_probe(SERVER_PROBE, postgres.create_database("metric_writes_server"), tmp_path)
     assert result["status"] == [200, 200]
     assert [s.split()[0] for s in result["statements"]] == ["WITH"]
     assert [s.split()[0] for s in result["batch_statements"]] == ["WITH"]
