@@ -80,6 +80,7 @@ def create_app(settings: config.Settings):
         metric_history,
         metric_writes,
         planner_settings,
+        runs_by_metric,
     )
 
     speed_patches_off = internals.verify()  # refuses to start if a safety patch's target changed
@@ -89,6 +90,8 @@ def create_app(settings: config.Settings):
         json_responses.install()
     if internals.METRIC_WRITES not in speed_patches_off:
         metric_writes.install()  # the metrics of log_metric and log_batch on PostgreSQL in one statement
+    if internals.RUNS_BY_METRIC not in speed_patches_off:
+        runs_by_metric.install()  # a runs page ordered by a metric, from our index
     _share_connection_pool()
     # Open the stores now (in the master with preload_app): the first request pays nothing.
     handlers.initialize_backend_stores(

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy
 
 from bench.scale_data import seed
-from server.borrowed import migrate, own_indexes, planner_settings
+from server.borrowed import migrate, own_indexes, planner_settings, runs_by_metric
 from server.config import normalize_backend_uri
 
 NAMES = {index.name for index in own_indexes.INDEXES}
@@ -102,6 +102,11 @@ QUERIES = {
                        lambda store, ids: store.search_runs(
                            [str(ids["runs"][2_000])], "metrics.m1 > 0.5 and params.p1 = '7'", 1, max_results=100,
                            order_by=["attributes.start_time DESC"])),
+    # the UI's runs table sorted by a metric column, as runs_by_metric asks it (a page of 101 runs of
+    # an experiment holding most runs: the walk is taken)
+    "runs, metric order": ("mlflow_server_latest_metrics_key_value",
+                           lambda store, ids: runs_by_metric.search_runs(
+                               store, [str(ids["runs"][30_000])], "", 1, 100, ["metrics.m1 DESC"], None)[0]),
     "traces, span name": ("mlflow_server_spans_experiment_name",
                           lambda store, ids: store.search_traces(
                               locations=[str(ids["traces"][20_000])], filter_string="span.name = 'retrieve'",

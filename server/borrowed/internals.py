@@ -41,6 +41,7 @@ HUEY_STORAGE_PATH_ENV_VAR = "_MLFLOW_HUEY_STORAGE_PATH"
 # the speed entries, by the names create_app asks verify() about
 COMPACT_JSON = "compact JSON responses"
 METRIC_WRITES = "one-statement metric writes"
+RUNS_BY_METRIC = "runs ordered by a metric from an index"
 
 
 class InternalsChangedError(RuntimeError):
@@ -138,7 +139,8 @@ ENTRIES: tuple[Entry, ...] = (
           "indexes of ours on MLflow's tables serve these queries' shapes: search_runs ordered by start "
           "time within an experiment (with and without MLflow's NULLs-last CASE), and search_traces' "
           "EXISTS on a span's name (driven from the matching spans once the server's connections plan "
-          "with an SSD's random_page_cost); tests/test_own_indexes.py checks with EXPLAIN that each is used",
+          "with an SSD's random_page_cost), and runs_by_metric's ranges of latest values by key and value; "
+          "tests/test_own_indexes.py checks with EXPLAIN that each is used",
           (Target(SQL_TRACKING, "_get_orderby_clauses", params=("order_by_list", "session"),
                   contains="clauses.append(SqlRun.start_time.desc())"),
            Target(SQL_TRACKING, "_get_orderby_clauses",
@@ -384,6 +386,27 @@ ENTRIES: tuple[Entry, ...] = (
           "log_metric and log_batch's metrics on PostgreSQL in one statement",
           (Target(SQL_TRACKING, "SqlAlchemyStore._log_metrics_once", params=("self", "run_id", "metrics")),
            Target("mlflow.utils.validation", "_validate_metric"))),
+    Entry(RUNS_BY_METRIC, "speed", "server/borrowed/runs_by_metric.py",
+          "search_runs ordered by one metric reads three ranges (numbers by value, NaN, missing) in "
+          "MLflow's order from our latest_metrics index instead of sorting the whole experiment, then "
+          "answers the page as MLflow's _search_runs does",
+          (Target(SQL_TRACKING, "SqlAlchemyStore._search_runs",
+                  params=("self", "experiment_ids", "filter_string", "run_view_type", "max_results", "order_by",
+                          "page_token"),
+                  contains="inputs = self._get_run_inputs(run_uuids=run_ids, session=session)"),
+           Target(SQL_TRACKING, "_get_orderby_clauses",
+                  contains="(subquery.c.is_nan == sqlalchemy.true(), 1),"),
+           Target(SQL_TRACKING, "_get_orderby_clauses", contains="(order_value.is_(None), 2),"),
+           Target(SQL_TRACKING, "_get_orderby_clauses", contains="clauses.append(SqlRun.run_uuid)"),
+           Target(SQL_TRACKING, "SqlAlchemyStore._get_eager_run_query_options"),
+           Target(SQL_TRACKING, "SqlAlchemyStore._get_run_inputs", params=("self", "session", "run_uuids")),
+           Target(SQL_TRACKING, "SqlAlchemyStore._get_model_outputs_bulk", params=("self", "run_ids", "session")),
+           Target(SQL_TRACKING, "SqlAlchemyStore._filter_experiment_ids",
+                  params=("self", "session", "experiment_ids", "lifecycle_stage")),
+           Target(SQL_TRACKING, "_parse_experiment_ids", params=("experiment_ids",)),
+           Target("mlflow.utils.search_utils", "SearchUtils.parse_order_by_for_search_runs"),
+           Target("mlflow.utils.search_utils", "SearchUtils.translate_key_alias"),
+           Target("mlflow.store.tracking.dbmodels.models", "SqlLatestMetric"))),
 )
 
 def verify(entries: tuple[Entry, ...] = ENTRIES) -> set[str]:

@@ -49,6 +49,11 @@ INDEXES = (
     OwnIndex("mlflow_server_runs_experiment_start_time_nulls_last", "runs",
              "experiment_id, (CASE WHEN start_time IS NULL THEN 1 ELSE 0 END), start_time DESC, run_uuid",
              "search_runs ordered by start time (the UI's runs table), with or without a filter"),
+    # search_runs ordered by one metric (the UI's runs table sorted by a metric column), as
+    # server/borrowed/runs_by_metric.py asks it: the runs with a number for that metric by value,
+    # then those with NaN; a page walks the key's values in order and keeps the experiment's runs.
+    OwnIndex("mlflow_server_latest_metrics_key_value", "latest_metrics", "key, is_nan, value",
+             "search_runs ordered by a metric, through runs_by_metric"),
     # search_traces with a span filter (span.name = ..., the UI's span search): MLflow asks
     # EXISTS (a span of this trace with that name); without this index the planner walks every
     # trace of the experiment and probes its spans, with it it starts from the matching spans.
