@@ -6,7 +6,9 @@
 The floor (``bench/floor_wsgi.py``) is the same gunicorn with the same settings serving an app
 that only parses the body and runs the metric write's one SQL statement on the same PostgreSQL:
 what a metric write cannot cost less than on this stack. Each cycle starts the three servers
-afresh and keeps them up together; the loads take turns (A B C, C B A, ...). Figures of the
+afresh and keeps them up together; the loads take turns (A B C, C B A, ...). Ours and the floor
+share one database, which our first start gives our indexes; stock runs on a copy made before
+any load, without them (MLflow's own schema), so their write cost counts on our side. Figures of the
 issue's first table, each beside its floor where one exists, go into docs/benchmarks.md; then
 where the microseconds of one ``log_metric`` go, layer by layer (``bench/hot_path.py``).
 """
@@ -19,6 +21,7 @@ import os
 import time
 
 import requests
+import sqlalchemy
 
 from bench import hot_path
 from bench.common import database_uri, load_average, median, services
@@ -32,6 +35,8 @@ from bench.run import (
     write_doc_section,
 )
 from bench.servers import WORKERS, Running, start
+from server.borrowed import own_indexes
+from server.config import normalize_backend_uri
 from tests.services import latencies
 
 MARKERS = ("<!-- floor:begin -->", "<!-- floor:end -->")
@@ -68,22 +73,38 @@ def cold_start(kind: str, uri: str, dest: str, work, env) -> float:
         s.stop()
 
 
-def run(uri: str, dest: str, work, env: dict, cycles: int, window: float, rounds: int) -> dict:
+def stock_database(pg, ours_db: str, stock_db: str) -> str:
+    """A copy of our migrated database without our indexes: stock writes to MLflow's own schema,
+    so what our indexes cost metric writes shows on our side only."""
+    uri = database_uri(pg, stock_db, template=ours_db)
+    engine = sqlalchemy.create_engine(uri)
+    try:
+        with engine.begin() as conn:
+            for index in own_indexes.INDEXES:
+                conn.execute(sqlalchemy.text(f"DROP INDEX IF EXISTS {index.name}"))
+    finally:
+        engine.dispose()
+    return uri
+
+
+def run(pg, ours_db: str, dest: str, work, env: dict, cycles: int, window: float, rounds: int) -> dict:
     out = {side: {k: [] for k in ("rps", "cpu_ms", "batch_s", "search_s", "ui_s", "cold_s", "pss_mb", "procs")}
            for side in SIDES}
+    uri = database_uri(pg, ours_db)
     # migrate once and make the runs the floor writes to (it has no API to make them)
     s = start("ours", uri, dest, work, extra_env=env)
     s.wait_first_api_ok()
     search_exp = make_search_experiment(s, runs=500)  # the issue's search
     s.stop()
+    uris = {"ours": uri, "floor": uri, "stock": stock_database(pg, ours_db, f"{ours_db}_stock")}
     for cycle in range(cycles):
         order = list(SIDES) if cycle % 2 == 0 else list(SIDES)[::-1]
         for side in order:
-            out[side]["cold_s"].append(cold_start(SIDES[side], uri, dest, work, env))
+            out[side]["cold_s"].append(cold_start(SIDES[side], uris[side], dest, work, env))
         servers: dict[str, Running] = {}
         try:
             for side in order:
-                servers[side] = start(SIDES[side], uri, dest, work, extra_env=env)
+                servers[side] = start(SIDES[side], uris[side], dest, work, extra_env=env)
                 servers[side].wait_first_api_ok()
             for side, server in servers.items():
                 out[side]["pss_mb"].append(idle_pss(server) if side != "floor" else floor_pss(server))
@@ -155,9 +176,8 @@ def main() -> None:
     with services() as (work, pg, gcs):
         env = gcs.env()
         os.environ.update(env)
-        uri = database_uri(pg, "floor")
-        out = run(uri, f"gs://{gcs.bucket}/floor", work, env, args.cycles, args.window, args.rounds)
-        layers = hot_path.measure(uri, f"gs://{gcs.bucket}/floor")
+        out = run(pg, "floor", f"gs://{gcs.bucket}/floor", work, env, args.cycles, args.window, args.rounds)
+        layers = hot_path.measure(normalize_backend_uri(pg.dsn("floor")), f"gs://{gcs.bucket}/floor")
     load_after = os.getloadavg()
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"Run {when} on {os.cpu_count()} cores, {WORKERS} workers each, {args.cycles} cycles of fresh servers, "
