@@ -138,11 +138,19 @@ def test_worth_walking(need, experiment_runs, all_runs, walk):
     assert runs_by_metric.worth_walking(need, experiment_runs, all_runs) is walk
 
 
+def test_the_ranges_the_page_sizes_are_chosen_for(store):
+    store_, exps = store
+    values = [r.data.metrics.get("m") for r in store_.search_runs(exps[:1], "", 1, max_results=1000)]
+    numbers = [v for v in values if v is not None and not math.isnan(v)]
+    assert (len(numbers), len(values) - len(numbers) - values.count(None), values.count(None)) == (90, 9, 24)
+
+
 @pytest.mark.parametrize("view", (1, 2, 3))
-@pytest.mark.parametrize("size", (1, 24, 25, 26, 101))
+@pytest.mark.parametrize("size", (1, 9, 10, 11, 30, 45, 101))
 def test_every_view_and_page_size(store, view, size):
-    """Pages of 1 and of sizes around where the ranges end (in the big experiment alone: 95 active
-    runs with a number, 10 NaN, 25 missing)."""
+    """Pages of 1, and pages that end exactly where a range ends and just before or after it: the
+    big experiment's active runs are 90 with a number, 9 with NaN and 24 without the metric, so
+    pages of 9, 10, 30 and 45 end at 90, and of 9 and 11 at 99."""
     store_, exps = store
     assert walk_both(store_, exps, view=view, size=size) > 0
     assert walk_both(store_, exps[:1], view=view, size=size, order="metrics.m ASC") > 0
