@@ -6,6 +6,7 @@ and our server started exactly as the container starts it (``entry-point.sh``).
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import json
 import os
@@ -367,6 +368,23 @@ def run_client(script: Path, args: list[str], url: str, credentials: tuple[str, 
     done = subprocess.run([sys.executable, str(script), *args, str(out)], env=client_env, cwd=home,
                           capture_output=True, text=True, timeout=timeout)
     return done, out
+
+
+@contextlib.contextmanager
+def statements(engine):
+    """The SQL statements (with their parameters) sent through ``engine`` while the block runs."""
+    import sqlalchemy
+
+    sent: list[tuple[str, object]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        sent.append((statement, parameters))
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        sqlalchemy.event.remove(engine, "before_cursor_execute", record)
 
 
 APP_PROBE = """

@@ -22,11 +22,10 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-from sqlalchemy import event
 
 from server.borrowed import metric_writes
 from server.config import normalize_backend_uri
-from tests.services import run_app_probe
+from tests.services import run_app_probe, statements
 
 T0 = 1_700_000_000_000
 BIG = 2**62 + 1
@@ -184,17 +183,9 @@ def test_same_rows_and_reads_as_mlflow(both):
 
 
 def count_statements(store: SqlAlchemyStore, call) -> list[str]:
-    statements = []
-
-    def count(conn, cursor, statement, *args):
-        statements.append(statement)
-
-    event.listen(store.engine, "before_cursor_execute", count)
-    try:
+    with statements(store.engine) as sent:
         call()
-    finally:
-        event.remove(store.engine, "before_cursor_execute", count)
-    return [s for s in statements if s.strip() != "SELECT 1"]  # SQLAlchemy's pool pre-ping
+    return [s for s, _ in sent if s.strip() != "SELECT 1"]  # SQLAlchemy's pool pre-ping
 
 
 def test_one_statement_per_call(postgres):

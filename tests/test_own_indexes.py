@@ -4,14 +4,13 @@ invalid, used by the planner for the queries MLflow sends, and changing no resul
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import sqlalchemy
 
 from bench.scale_data import seed
 from server.borrowed import migrate, own_indexes, planner_settings, runs_by_metric
 from server.config import normalize_backend_uri
+from tests.services import statements
 
 NAMES = {index.name for index in own_indexes.INDEXES}
 
@@ -38,21 +37,6 @@ def mlflow_store(uri: str):
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     return SqlAlchemyStore(uri, "mlflow-artifacts:/")
-
-
-@contextlib.contextmanager
-def statements(engine_owner):
-    """The SQL statements (with their parameters) MLflow's store sends while the block runs."""
-    sent: list[tuple[str, object]] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):
-        sent.append((statement, parameters))
-
-    sqlalchemy.event.listen(engine_owner, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        sqlalchemy.event.remove(engine_owner, "before_cursor_execute", record)
 
 
 def plan_of(engine, statement: str, parameters) -> str:

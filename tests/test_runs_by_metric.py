@@ -11,7 +11,6 @@ plan (our index) is checked at 30,000 runs in tests/test_own_indexes.py.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
@@ -22,7 +21,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from server.borrowed import own_indexes, runs_by_metric
 from server.config import normalize_backend_uri
-from tests.services import run_app_probe
+from tests.services import run_app_probe, statements
 
 T0 = 1_700_000_000_000
 RUNS = 150
@@ -77,29 +76,14 @@ def is_range(statement: str) -> bool:
     return statement.startswith("SELECT runs.run_uuid \nFROM runs JOIN latest_metrics")
 
 
-@contextlib.contextmanager
-def ranges_read(store):
-    """How many of the statements sent while the block runs are our ranges' (the walk's)."""
-    sent = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):
-        sent.append(is_range(statement))
-
-    sqlalchemy.event.listen(store.engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        sqlalchemy.event.remove(store.engine, "before_cursor_execute", record)
-
-
 def walk_both(store, exps, filter_string="", view=1, size=7, order="metrics.m DESC") -> int:
     """Walk every page with both paths; assert each is equal; return how many pages our ranges
     answered."""
     token, walked = None, 0
     while True:
-        with ranges_read(store) as sent:
+        with statements(store.engine) as sent:
             ours = page(runs_by_metric.search_runs, store, exps, filter_string, view, size, order, token)
-        walked += any(sent)
+        walked += any(is_range(statement) for statement, _ in sent)
         theirs = page(runs_by_metric._mlflow_search_runs, store, exps, filter_string, view, size, order, token)
         assert ours == theirs, (filter_string, view, size, order, token)
         token = ours[1]
