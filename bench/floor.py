@@ -31,6 +31,7 @@ from bench.run import (
     log_metric_rate,
     make_search_experiment,
     metric_runs,
+    raw_log_metric_rate,
     search_latencies,
     write_doc_section,
 )
@@ -56,11 +57,11 @@ def ui_search_latencies(server: Running, calls: int) -> list[float]:
     return latencies(one, calls)
 
 
-def measured_window(server: Running, runs: list[str], seconds: float) -> tuple[float, float]:
-    """req/s of `log_metric` over one window, and the server's CPU ms per request in it (requests
-    counted by the client: stock has no access log to count them in)."""
+def measured_window(server: Running, runs: list[str], seconds: float, load=raw_log_metric_rate) -> tuple[float, float]:
+    """req/s of `log_metric` over one window of ``load``, and the server's CPU ms per request in
+    it (requests counted by the client: stock has no access log to count them in)."""
     cpu, started = server.cpu_seconds(), time.monotonic()
-    rate = log_metric_rate(server, runs, seconds)
+    rate = load(server, runs, seconds)
     requests_sent = rate * (time.monotonic() - started)
     return rate, (server.cpu_seconds() - cpu) / requests_sent * 1000
 
@@ -88,7 +89,7 @@ def stock_database(pg, ours_db: str, stock_db: str) -> str:
 
 
 def run(pg, ours_db: str, dest: str, work, env: dict, cycles: int, window: float, rounds: int) -> dict:
-    out = {side: {k: [] for k in ("rps", "cpu_ms", "batch_s", "search_s", "ui_s", "cold_s", "pss_mb", "procs")}
+    out = {side: {k: [] for k in ("rps", "rps_client", "cpu_ms", "batch_s", "search_s", "ui_s", "cold_s", "pss_mb", "procs")}
            for side in SIDES}
     uri = database_uri(pg, ours_db)
     # migrate once and make the runs the floor writes to (it has no API to make them)
@@ -120,6 +121,7 @@ def run(pg, ours_db: str, dest: str, work, env: dict, cycles: int, window: float
                     rate, cpu_ms = measured_window(server, runs[side], window)
                     out[side]["rps"].append(rate)
                     out[side]["cpu_ms"].append(cpu_ms)
+                    out[side]["rps_client"].append(measured_window(server, runs[side], window, log_metric_rate)[0])
                     out[side]["batch_s"] += log_batch_latencies(server, exps[side], 3,
                                                                 run_maker=servers["ours"] if side == "floor" else None)
                     if side != "floor":
@@ -146,8 +148,10 @@ def table(out: dict) -> str:
     rows = [
         "| figure | floor | ours | `mlflow server` | ours / stock | ours / floor | issue's target (vs stock) |",
         "|---|---|---|---|---|---|---|",
-        f"| `log_metric` req/s, 8 client threads | {f['rps']:.0f} | {o['rps']:.0f} | {s['rps']:.0f} | "
+        f"| `log_metric` req/s, 8 threads of a plain HTTP client | {f['rps']:.0f} | {o['rps']:.0f} | {s['rps']:.0f} | "
         f"{o['rps'] / s['rps']:.2f}x | {o['rps'] / f['rps']:.2f} | >= 3x |",
+        f"| `log_metric` req/s, 8 threads of the stock `MlflowClient` | {f['rps_client']:.0f} | {o['rps_client']:.0f} | "
+        f"{s['rps_client']:.0f} | {o['rps_client'] / s['rps_client']:.2f}x | {o['rps_client'] / f['rps_client']:.2f} | |",
         f"| server CPU per `log_metric` (ms, all processes) | {f['cpu_ms']:.2f} | {o['cpu_ms']:.2f} | "
         f"{s['cpu_ms']:.2f} | {o['cpu_ms'] / s['cpu_ms']:.2f} | {o['cpu_ms'] / f['cpu_ms']:.2f}x | |",
         f"| `log_batch` 1000 metrics p50 (ms) | {f['batch_s'] * 1000:.0f} | {o['batch_s'] * 1000:.0f} | "
@@ -181,7 +185,7 @@ def main() -> None:
     load_after = os.getloadavg()
     when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = (f"Run {when} on {os.cpu_count()} cores, {WORKERS} workers each, {args.cycles} cycles of fresh servers, "
-            f"{args.rounds} rounds of {args.window:.0f} s `log_metric` windows per cycle; "
+            f"{args.rounds} rounds per cycle of two {args.window:.0f} s `log_metric` windows (each client); "
             f"{load_average(load_before, load_after)}. The floor's runs are made through our server (it has no API but the metric write).\n\n"
             + table(out) + "\n\n" + hot_path.table(layers))
     print(text)
