@@ -77,6 +77,74 @@ def test_depth_values_and_nul():
     assert request_limits.parse_json_body(b'{"x": [1, 2]}') == {"x": [1, 2]}
 
 
+def test_depth_and_values_at_their_exact_bounds():
+    at_depth = [0]
+    for _ in range(request_limits.MAX_DEPTH - 2):
+        at_depth = [at_depth]
+    request_limits.check_json(at_depth)  # the scalar inside is at MAX_DEPTH
+    assert status_of(lambda: request_limits.check_json([at_depth])) == "400"
+    assert status_of(lambda: request_limits.check_json([{"k": at_depth}])) == "400"
+    request_limits.check_json(list(range(request_limits.MAX_NODES - 1)))  # the list is a value too
+    assert status_of(lambda: request_limits.check_json(list(range(request_limits.MAX_NODES)))) == "413"
+    assert status_of(lambda: request_limits.check_json({"a": [{"k": 1}] * 50_000})) == "413"
+
+
+def _reference_check_json(document) -> None:
+    """The plain walk check_json must agree with: every value popped and checked in turn."""
+    nodes, stack = 0, [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > request_limits.MAX_NODES:
+            raise RequestRefusedError("413 Content Too Large", "values")
+        if depth > request_limits.MAX_DEPTH:
+            raise RequestRefusedError("400 Bad Request", "depth")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if "\x00" in key:
+                    raise RequestRefusedError("400 Bad Request", "nul")
+                folded = key.replace("_", "").lower()
+                if folded in request_limits.SEARCH_STRING_LIMITS:
+                    request_limits._check_search_value(folded, item)
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str) and "\x00" in value:
+            raise RequestRefusedError("400 Bad Request", "nul")
+
+
+def test_check_json_agrees_with_the_plain_walk():
+    import random
+
+    rng = random.Random(7)
+    scalars = [1, 2.5, None, True, "s", "a\x00b", "f" * 20_000]
+    keys = ["key", "value", "filter", "Order_By", "page_token", "k\x00", "x"]
+
+    def build(depth, budget):  # budget: values this document may still have
+        budget[0] -= 1
+        kind = rng.random()
+        if depth > 70 or kind < 0.35 or budget[0] < 0:
+            return rng.choice(scalars[:5] if rng.random() < 0.97 else scalars)
+        if kind < 0.7:
+            return [build(depth + 1, budget) for _ in range(rng.randint(0, 4))]
+        names = keys[:3] + keys[4:5] + keys[6:] if rng.random() < 0.95 else keys
+        return {rng.choice(names): build(depth + 1, budget) for _ in range(rng.randint(0, 4))}
+
+    verdicts = {}
+    for _ in range(3000):
+        document = build(rng.choice([1, 1, 1, 40, 60, 62]), [200])
+        outcomes = []
+        for check in (request_limits.check_json, _reference_check_json):
+            try:
+                check(document)
+                outcomes.append(None)
+            except RequestRefusedError as refusal:
+                outcomes.append(refusal.status)
+        assert outcomes[0] == outcomes[1], document
+        verdicts[outcomes[0]] = verdicts.get(outcomes[0], 0) + 1
+    assert verdicts.get(None, 0) > 500 and verdicts.get("400 Bad Request", 0) > 100  # both kinds were met
+
+
 @pytest.mark.parametrize("location", ["file:///etc", "mlflow-artifacts:/../x", "mlflow-artifacts:/%2e%2e/x",
                                       "mlflow-artifacts:/%252e%252e/x", "mlflow-artifacts:/a?b",
                                       "mlflow-artifacts:/a%23b", "mlflow-artifacts:/a%00", "mlflow-artifacts:/a\\..\\b",
