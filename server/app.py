@@ -75,6 +75,7 @@ def create_app(settings: config.Settings):
 
     from server.borrowed import (
         artifact_streaming,
+        batch_parsing,
         internals,
         json_responses,
         metric_history,
@@ -88,6 +89,8 @@ def create_app(settings: config.Settings):
     artifact_streaming.install()  # before any artifact repository is created
     if internals.COMPACT_JSON not in speed_patches_off:
         json_responses.install()
+    if internals.BATCH_PARSING not in speed_patches_off:
+        batch_parsing.install()  # log_batch's plain metrics into its message without ParseDict
     if internals.METRIC_WRITES not in speed_patches_off:
         metric_writes.install()  # the metrics of log_metric and log_batch on PostgreSQL in one statement
     if internals.RUNS_BY_METRIC not in speed_patches_off:

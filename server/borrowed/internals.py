@@ -41,6 +41,7 @@ HUEY_STORAGE_PATH_ENV_VAR = "_MLFLOW_HUEY_STORAGE_PATH"
 # the speed entries, by the names create_app asks verify() about
 COMPACT_JSON = "compact JSON responses"
 METRIC_WRITES = "one-statement metric writes"
+BATCH_PARSING = "log_batch metrics parsed directly"
 RUNS_BY_METRIC = "runs ordered by a metric from an index"
 
 
@@ -382,10 +383,25 @@ ENTRIES: tuple[Entry, ...] = (
           "MLflow's handlers print JSON in one pass without pretty-printing",
           (Target(H, "message_to_json", params=("message", "pretty", "convert_int64_to_number")),
            Target("google.protobuf.json_format", "_Printer._MessageToJsonObject", params=("self", "message")))),
+    Entry(BATCH_PARSING, "speed", "server/borrowed/batch_parsing.py",
+          "a log_batch body whose metrics are plain JSON fields fills its message without ParseDict "
+          "(the metric message's fields are checked by batch_parsing.fits at start-up)",
+          (Target(H, "parse_dict", params=("js_dict", "message")),
+           Target(H, "_get_request_message", params=("request_message", "flask_request", "schema"),
+                  contains="parse_dict(request_json, request_message)"),
+           Target(H, "_log_batch", contains="LogBatch(),"),
+           Target("google.protobuf.json_format", "_ConvertFloat", params=("value", "field")),
+           Target("google.protobuf.json_format", "_ConvertInteger", params=("value",)))),
     Entry(METRIC_WRITES, "speed", "server/borrowed/metric_writes.py",
           "log_metric and log_batch's metrics on PostgreSQL in one statement",
           (Target(SQL_TRACKING, "SqlAlchemyStore._log_metrics_once", params=("self", "run_id", "metrics")),
-           Target("mlflow.utils.validation", "_validate_metric"))),
+           Target("mlflow.utils.validation", "_validate_metric"),
+           # the only callers of _log_metrics: log_metric with one metric, log_batch after validating
+           Target(SQL_TRACKING, "SqlAlchemyStore.log_metric", contains="self._log_metrics(run_id, [metric])"),
+           Target(SQL_TRACKING, "SqlAlchemyStore.log_batch",
+                  contains="metrics, params, tags = _validate_batch_log_data(metrics, params, tags)"),
+           Target("mlflow.utils.validation", "_validate_batch_log_data",
+                  contains="_validate_metric(metric.key, metric.value, metric.timestamp, metric.step, path=path)"))),
     Entry(RUNS_BY_METRIC, "speed", "server/borrowed/runs_by_metric.py",
           "search_runs ordered by one metric reads three ranges (numbers by value, NaN, missing) in "
           "MLflow's order from our latest_metrics index instead of sorting the whole experiment, then "

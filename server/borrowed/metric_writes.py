@@ -18,7 +18,8 @@ under MLflow's ``FOR UPDATE``. MLflow's retry on deadlocks still wraps every att
 
 Everything else keeps MLflow's path: other databases and workspace-scoped stores; metrics of
 logged models never came here. Validation (with MLflow's per-item error paths), value
-sanitising (NaN, infinities) and error messages are MLflow's own functions. Pinned to MLflow
+sanitising (NaN, infinities) and error messages are MLflow's own functions; a batch's
+metrics are validated once, by ``log_batch``, where MLflow validates them twice. Pinned to MLflow
 3.17's schema; ``tests/test_metric_writes.py`` compares what both paths store and answer.
 """
 
@@ -51,9 +52,11 @@ def log_metrics_once(self: SqlAlchemyStore, run_id: str, metrics) -> None:
         return _mlflow_log_metrics_once(self, run_id, metrics)
     columns = {"keys": [], "metric_values": [], "timestamps": [], "steps": [], "is_nans": []}
     single = len(metrics) == 1
-    for idx, metric in enumerate(metrics):
-        _validate_metric(metric.key, metric.value, metric.timestamp, metric.step,
-                         path="" if single else f"metrics[{idx}]")
+    for metric in metrics:
+        # Several metrics come only from log_batch, which has just validated each with the same
+        # function and path (_validate_batch_log_data); MLflow validates them a second time here.
+        if single:
+            _validate_metric(metric.key, metric.value, metric.timestamp, metric.step, path="")
         is_nan, value = self.sanitize_metric_value(metric.value)
         for column, item in zip(columns.values(), (metric.key, value, metric.timestamp, metric.step, is_nan),
                                 strict=True):
