@@ -76,6 +76,7 @@ def create_app(settings: config.Settings):
     from server.borrowed import (
         artifact_streaming,
         batch_parsing,
+        closing_commit,
         internals,
         json_responses,
         metric_history,
@@ -100,6 +101,8 @@ def create_app(settings: config.Settings):
     handlers.initialize_backend_stores(
         settings.backend_store_uri, settings.registry_store_uri, settings.default_artifact_root
     )
+    if internals.CLOSING_COMMIT not in speed_patches_off:
+        closing_commit.install(handlers._tracking_store, handlers._model_registry_store)
     planner_settings.install(_store_engines())  # PostgreSQL's planner costs for SSDs, where left at default
     _release_connections()  # the master serves nothing: its workers open their own
     metric_history.install(mlflow_app)  # a metric's whole history, a batch at a time

@@ -42,6 +42,7 @@ HUEY_STORAGE_PATH_ENV_VAR = "_MLFLOW_HUEY_STORAGE_PATH"
 COMPACT_JSON = "compact JSON responses"
 METRIC_WRITES = "one-statement metric writes"
 BATCH_PARSING = "log_batch metrics parsed directly"
+CLOSING_COMMIT = "a store session's closing commit expires nothing"
 RUNS_BY_METRIC = "runs ordered by a metric from an index"
 
 
@@ -392,6 +393,14 @@ ENTRIES: tuple[Entry, ...] = (
            Target(H, "_log_batch", contains="LogBatch(),"),
            Target("google.protobuf.json_format", "_ConvertFloat", params=("value", "field")),
            Target("google.protobuf.json_format", "_ConvertInteger", params=("value",)))),
+    Entry(CLOSING_COMMIT, "speed", "server/borrowed/closing_commit.py",
+          "the tracking and registry stores' managed sessions commit at the end of a call without expiring "
+          "what they loaded, since the session is closed right after",
+          (Target("mlflow.store.db.utils", "_get_managed_session_maker", params=("SessionMaker", "db_type"),
+                  contains="yield session\n                session.commit()"),
+           Target("mlflow.store.db.utils", "_get_routing_session_maker",
+                  params=("write_session_maker", "read_session_maker", "db_type")),
+           Target(H, "_tracking_store"), Target(H, "_model_registry_store"))),
     Entry(METRIC_WRITES, "speed", "server/borrowed/metric_writes.py",
           "log_metric and log_batch's metrics on PostgreSQL in one statement",
           (Target(SQL_TRACKING, "SqlAlchemyStore._log_metrics_once", params=("self", "run_id", "metrics")),
