@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,10 +186,14 @@ def parity(workdir, postgres, gcs):
         "mlflow_auth_users": USERS_FILE})
     OUTPUT.mkdir(exist_ok=True)
     try:
-        stock.start()
-        ours.start()
-        yield Parity(stock, ours, run_parity_session(stock.url, OUTPUT / "parity-stock.json"),
-                     run_parity_session(ours.url, OUTPUT / "parity-ours.json", ALICE))
+        # side by side in time as well: each server and session has its own database and folder
+        with ThreadPoolExecutor(2) as pool:
+            for started in [pool.submit(stock.start), pool.submit(ours.start)]:
+                started.result()
+            sessions = [pool.submit(run_parity_session, stock.url, OUTPUT / "parity-stock.json"),
+                        pool.submit(run_parity_session, ours.url, OUTPUT / "parity-ours.json", ALICE)]
+            stock_results, our_results = (session.result() for session in sessions)
+        yield Parity(stock, ours, stock_results, our_results)
     finally:
         ours.stop()
         stock.stop()

@@ -6,6 +6,7 @@ and no console error that stock ``mlflow server`` does not show on the same page
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -59,27 +60,39 @@ def normalized(problem: str, base: str) -> str:
     return text.lower()
 
 
-def visit(browser, base: str, path: str, credentials, name: str):  # noqa: F811
-    tab = Tab(browser, credentials)
+def visit(browser, visits: list[tuple[str, str, tuple[str, str] | None, str]]):  # noqa: F811
+    """Open each (base, path, credentials, shot name) in a tab of its own, all loading at once;
+    each one's problems (normalised) and text."""
+    tabs = []
     try:
-        tab.page.goto(base + path)
-        # pages poll (traces, jobs), so the network never goes quiet: a fixed settle instead
-        tab.page.wait_for_timeout(3000)
-        tab.shot(name)
-        body = tab.page.inner_text("body")
-        return {normalized(p, base) for p in tab.problems}, body
+        for base, path, credentials, _ in visits:
+            tabs.append(Tab(browser, credentials))
+            tabs[-1].page.goto(base + path)
+        # pages poll (traces, jobs), so the network never goes quiet: a fixed settle instead,
+        # which every tab spends at once (each keeps loading while the others are opened)
+        tabs[-1].page.wait_for_timeout(3000)
+        found = []
+        for tab, (base, _, _, name) in zip(tabs, visits, strict=True):
+            tab.shot(name)
+            found.append(({normalized(p, base) for p in tab.problems}, tab.page.inner_text("body")))
+        return found
     finally:
-        tab.close()
+        for tab in tabs:
+            tab.close()
+
+
+@functools.cache
+def parity_ids(url: str, auth) -> dict[str, str]:
+    return ids(url, auth)
 
 
 @pytest.mark.parametrize("page", list(PAGES))
 def test_mlflow3_page_has_no_error_stock_mlflow_server_does_not_have(parity, browser, page):  # noqa: F811
-    stock_ids = ids(parity.stock.url, None)
-    our_ids = ids(parity.ours.url, ALICE)
-    stock_problems, stock_body = visit(browser, parity.stock.url, PAGES[page].format(**stock_ids), None,
-                                       f"mlflow3-stock-{page}")
-    our_problems, our_body = visit(browser, parity.ours.url, PAGES[page].format(**our_ids), ALICE,
-                                   f"mlflow3-ours-{page}")
+    stock_ids = parity_ids(parity.stock.url, None)
+    our_ids = parity_ids(parity.ours.url, ALICE)
+    (stock_problems, stock_body), (our_problems, our_body) = visit(browser, [
+        (parity.stock.url, PAGES[page].format(**stock_ids), None, f"mlflow3-stock-{page}"),
+        (parity.ours.url, PAGES[page].format(**our_ids), ALICE, f"mlflow3-ours-{page}")])
     assert our_problems - stock_problems == set(), f"stock had only: {sorted(stock_problems)}"
     assert len(our_body) > 50 and not any(b in our_body for b in BROKEN_PAGE if b not in stock_body)
     if page == "trace-view":  # the spans came in through /v1/traces
