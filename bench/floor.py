@@ -8,7 +8,9 @@ that only parses the body and runs the metric write's one SQL statement on the s
 what a metric write cannot cost less than on this stack. Each cycle starts the three servers
 afresh and keeps them up together; the loads take turns (A B C, C B A, ...). Ours and the floor
 share one database, which our first start gives our indexes; stock runs on a copy made before
-any load, without them (MLflow's own schema), so their write cost counts on our side. Figures of the
+any load, without them (MLflow's own schema), so their write cost counts on our side. Each round
+measures ``log_metric`` twice: from a plain keep-alive HTTP client (what the server sustains) and
+from the stock ``MlflowClient`` (what one training process sees). Figures of the
 issue's first table, each beside its floor where one exists, go into docs/benchmarks.md; then
 where the microseconds of one ``log_metric`` go, layer by layer (``bench/hot_path.py``).
 """
