@@ -141,9 +141,11 @@ smoke_test() {
 	# /health is the one open path; it answers once the revision has started
 	curl --fail --silent --show-error --retry 10 --retry-delay 3 --retry-all-errors --output /dev/null \
 		"$url/health" || die "the candidate does not answer /health (its logs say why: docs/deploy.md)"
-	# one authenticated API call: the credentials reach curl on standard input, not its arguments
+	# one authenticated API call: the credentials reach curl on standard input, not its arguments.
+	# Transient answers (timeouts, 429, 5xx) are retried; a 401 is not: it will not change, and
+	# each retry would count as a failed login
 	printf 'user = "%s:%s"\n' "$SMOKE_USER" "$password" |
-		curl --config - --fail --silent --show-error --retry 5 --retry-delay 3 --retry-all-errors \
+		curl --config - --fail --silent --show-error --retry 5 --retry-delay 3 --retry-connrefused \
 			--output /dev/null "$url/api/2.0/mlflow/experiments/search?max_results=1" ||
 		die "the smoke-test user cannot list experiments on the candidate"
 	# and without credentials the candidate refuses
