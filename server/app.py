@@ -92,6 +92,7 @@ def create_app(settings: config.Settings):
         json_responses.install()
     if internals.BATCH_PARSING not in speed_patches_off:
         batch_parsing.install()  # log_batch's plain metrics into its message without ParseDict
+    batch_parsing.refuse_unparsed_batches()  # not a half-parsed batch stored with a 200
     if internals.METRIC_WRITES not in speed_patches_off:
         metric_writes.install()  # the metrics of log_metric and log_batch on PostgreSQL in one statement
     if internals.RUNS_BY_METRIC not in speed_patches_off:

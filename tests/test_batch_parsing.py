@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from google.protobuf.json_format import ParseError
 from mlflow.protos.service_pb2 import LogBatch, LogMetric
 from mlflow.utils.proto_json_utils import parse_dict as mlflow_parse_dict
 
@@ -124,11 +125,21 @@ logged = client.post("/api/2.0/mlflow/runs/log-batch", headers=auth, json={"run_
 bad = [client.post("/api/2.0/mlflow/runs/log-batch", headers=auth, json={"run_id": run_id, "metrics": items})
        for items in ([{"key": "k0", "value": 1.0}], [{"key": "k0", "value": 1.0, "timestamp": 1, "step": 0},
                                                      {"key": "k1", "value": 1.0, "timestamp": -5}])]
+half = [client.post("/api/2.0/mlflow/runs/log-batch", headers=auth, json={"run_id": run_id, **body})
+        for body in ({"metrics": [{"key": "typed", "value": "high", "timestamp": 1}]},
+                     {"params": [{"key": "typed", "value": 5}]},
+                     {"metrics": [{"key": "typed", "value": 1.0, "timestamp": 1, "step": "x"}],
+                      "tags": [{"key": "typed", "value": "v"}]})]
+stored = client.get(f"/api/2.0/mlflow/runs/get?run_id={run_id}", headers=auth).get_json()["run"]["data"]
 history = client.get(f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=k3&max_results=1000",
                      headers=auth).get_json()["metrics"]
-print(json.dumps({"installed": handlers.parse_dict is batch_parsing.parse_dict, "status": logged.status_code,
+# the refusal watches our parse: installed under it
+print(json.dumps({"installed": handlers.parse_dict.wrapped is batch_parsing.parse_dict, "status": logged.status_code,
                   "bad": [(b.status_code, b.get_json()["error_code"], b.get_json()["message"]) for b in bad],
-                  "history": sorted((m["step"], m["value"], m["timestamp"]) for m in history)}))
+                  "history": sorted((m["step"], m["value"], m["timestamp"]) for m in history),
+                  "half": [(h.status_code, h.get_json()["error_code"], h.get_json()["message"]) for h in half],
+                  "typed": [e["key"] for kind in ("metrics", "params", "tags") for e in stored.get(kind, [])
+                            if e["key"] == "typed"]}))
 """
 
 
@@ -140,6 +151,33 @@ def test_the_server_parses_log_batch_with_it(postgres, tmp_path):
     assert missing[:2] == [400, "INVALID_PARAMETER_VALUE"] and "metrics[0].timestamp" in missing[2]
     assert negative[:2] == [400, "INVALID_PARAMETER_VALUE"] and "metrics[1]" in negative[2]
     assert result["history"] == [[i, i / 4, 1000 + i] for i in range(3, 1000, 10)]
+
+
+def test_a_half_parsed_batch_is_refused_and_stores_nothing(postgres, tmp_path):
+    # MLflow stores such a batch as far as protobuf parsed it (a value of "high" as 0.0) with a 200
+    result = run_app_probe(APP_PROBE, postgres.create_database("batch_parsing_half"), tmp_path)
+    value, param, step = result["half"]
+    assert value[:2] == [400, "INVALID_PARAMETER_VALUE"] and "LogBatch.metrics[0].value" in value[2]
+    assert param[:2] == [400, "INVALID_PARAMETER_VALUE"] and "params" in param[2]
+    assert step[:2] == [400, "INVALID_PARAMETER_VALUE"] and "step field" in step[2]
+    assert result["typed"] == []
+
+
+def test_the_refusal_watches_log_batch_only():
+    from mlflow.exceptions import MlflowException
+
+    def half_parse(message, *_, **__):  # what MLflow's _get_request_message does on a ParseError
+        try:
+            recording({"run_id": 5}, message)
+        except ParseError:
+            pass
+        return message
+
+    recording = batch_parsing.recording_failures(mlflow_parse_dict)
+    refusing = batch_parsing.refusing_unparsed_batches(half_parse)
+    with pytest.raises(MlflowException, match="does not fit the API's types"):
+        refusing(LogBatch())
+    assert isinstance(refusing(LogMetric()), LogMetric)  # other messages keep MLflow's handling
 
 
 def test_written_for_the_installed_metric_message():
