@@ -4,7 +4,7 @@ MLflow's stores run each call in ``ManagedSessionMaker()``: a session that commi
 block ends and is closed right after. SQLAlchemy's commit expires every object in the session
 by default so the next access reloads it, but nothing accesses them again: the session closes,
 and an expired object read after that raises instead. For a ``search_runs`` of 500 runs that
-commit walks 75,000 loaded rows to expire them, about a seventh of the request's CPU.
+commit walks 75,000 loaded rows to expire them, about a tenth of the store's CPU for the call.
 
 ``wrap`` turns expiry off for that one commit, after the caller's block has finished without
 an error; a commit the caller makes inside its block, a rollback and everything else stay as
