@@ -72,25 +72,32 @@ def fresh_connections() -> None:
     gc.collect()  # the sessions' sockets close as they are freed
 
 
-def log_metric_rate(server: Running, runs: list[str], seconds: float) -> float:
-    """req/s of `log_metric` from one client thread per run, for `seconds`, on new connections."""
-    fresh_connections()
-    client = mlflow_client(server)
-    threads = len(runs)
+def calls_per_second(runs: list[str], seconds: float, call) -> float:
+    """Calls per second from one thread per run, for ``seconds``: each thread gets its function
+    from ``call(run_id)`` and calls it with step 0, 1, 2, ..."""
     deadline = time.monotonic() + seconds
-    counts = [0] * threads
+    counts = [0] * len(runs)
 
     def loop(i):
+        one = call(runs[i])
         step = 0
         while time.monotonic() < deadline:
-            client.log_metric(runs[i], "m", step * 0.1, step=step)
+            one(step)
             step += 1
             counts[i] += 1
 
     started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        list(pool.map(loop, range(threads)))
+    with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+        list(pool.map(loop, range(len(runs))))
     return sum(counts) / (time.monotonic() - started)
+
+
+def log_metric_rate(server: Running, runs: list[str], seconds: float) -> float:
+    """req/s of `log_metric` from one client thread per run, for `seconds`, on new connections."""
+    fresh_connections()
+    client = mlflow_client(server)
+    return calls_per_second(runs, seconds,
+                            lambda run_id: lambda step: client.log_metric(run_id, "m", step * 0.1, step=step))
 
 
 def raw_log_metric_rate(server: Running, runs: list[str], seconds: float) -> float:
@@ -101,33 +108,31 @@ def raw_log_metric_rate(server: Running, runs: list[str], seconds: float) -> flo
     with 8 threads in one process on 2 cores it holds about a core: that rate is the client's as
     much as the server's. This one spends tens of us, so the rate is what the server sustains.
     """
-    threads = len(runs)
-    deadline = time.monotonic() + seconds
-    counts = [0] * threads
     headers = {"Content-Type": "application/json"}
     if server.auth:
         headers["Authorization"] = AUTH_HEADER
+    connections = []
 
-    def loop(i):
+    def sender(run_id: str):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        step, prefix = 0, f'{{"run_id": "{runs[i]}", "key": "m", "timestamp": '
-        try:
-            while time.monotonic() < deadline:
-                body = f'{prefix}{int(time.time() * 1000)}, "value": {step * 0.1}, "step": {step}}}'
-                conn.request("POST", "/api/2.0/mlflow/runs/log-metric", body, headers)
-                response = conn.getresponse()
-                answer = response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"{server.kind}: log-metric answered {response.status}: {answer[:200]!r}")
-                step += 1
-                counts[i] += 1
-        finally:
-            conn.close()
+        connections.append(conn)
+        prefix = f'{{"run_id": "{run_id}", "key": "m", "timestamp": '
 
-    started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        list(pool.map(loop, range(threads)))
-    return sum(counts) / (time.monotonic() - started)
+        def send(step: int) -> None:
+            body = f'{prefix}{int(time.time() * 1000)}, "value": {step * 0.1}, "step": {step}}}'
+            conn.request("POST", "/api/2.0/mlflow/runs/log-metric", body, headers)
+            response = conn.getresponse()
+            answer = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"{server.kind}: log-metric answered {response.status}: {answer[:200]!r}")
+
+        return send
+
+    try:
+        return calls_per_second(runs, seconds, sender)
+    finally:
+        for conn in connections:
+            conn.close()
 
 
 def measured_window(server: Running, runs: list[str], seconds: float) -> tuple[float, float]:
