@@ -202,6 +202,43 @@ def parity(workdir, postgres, gcs):
                 (OUTPUT / name).write_text(server.log.read_text(errors="replace"))
 
 
+# The suite runs on two pytest-xdist workers (pyproject.toml: -n 2 --dist loadfile), a test file
+# at a time on one worker, so its module fixtures are made once. Files that share an expensive
+# session fixture go to one worker together: stock and ours side by side (parity), the image
+# built from our Dockerfile (image).
+SHARED_GROUPS = {"test_parity.py": "parity", "test_ui_mlflow3.py": "parity",
+                 "test_container.py": "image", "test_compose.py": "image"}
+# The longest groups (minutes, in --durations) are handed out first, so that neither worker is
+# left with one of them while the other has finished.
+LONG_GROUPS = ("test_job_fleet.py", "parity", "test_reliability.py", "image", "test_gcp_bootstrap.py",
+               "test_large_artifacts.py", "test_login_limits.py")
+
+
+def group_of(file_name: str) -> str:
+    return SHARED_GROUPS.get(file_name, file_name)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONG_GROUPS)}
+    items.sort(key=lambda item: rank.get(group_of(item.path.name), len(rank)))  # stable: a file keeps its order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the files of a shared group as one unit. (pytest-xdist's own
+    ``loadgroup`` cannot do it on pytest 9: it renames items through an attribute pytest 9 no
+    longer reads, and every test then goes its own way.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FileGroups(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid.split("::", 1)[0].rsplit("/", 1)[-1])
+
+    return FileGroups(config, log)
+
+
 # Figures the reliability tests measure (memory, CPU, latency under attack): shown at the end of
 # every run, whether or not output is captured, and kept in test-output/figures.txt.
 FIGURES: list[str] = []
@@ -210,6 +247,17 @@ FIGURES: list[str] = []
 def figure(line: str) -> None:
     FIGURES.append(line)
     print("\n" + line)
+
+
+def pytest_sessionfinish(session):
+    # a pytest-xdist worker hands its figures to the controller, which prints them all
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["figures"] = list(FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    FIGURES.extend(getattr(node, "workeroutput", {}).get("figures", []))
 
 
 def pytest_terminal_summary(terminalreporter):
