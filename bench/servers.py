@@ -24,6 +24,19 @@ from tests.services import base_env, free_port, proc_kib, process_tree
 
 WORKERS = 2
 
+# Ours (and the floor and noauth apps, on our gunicorn settings) run on the image's lock: the
+# packages we ship, installed as the image installs them (scripts/setup-venv.sh, as
+# scripts/run-local.sh makes it). `mlflow server` runs on the development venv, which holds
+# `pip install mlflow==<pin>` with all of mlflow's dependencies, as its users install it.
+SHIPPED_VENV = ROOT / ".venv-server"
+
+
+def shipped_python() -> str:
+    """The image lock's python, the venv made first when missing (a minute, once)."""
+    subprocess.run([str(ROOT / "scripts" / "setup-venv.sh")], check=True,
+                   env={**os.environ, "VENV": str(SHIPPED_VENV), "RUNTIME_ONLY": "1"})
+    return str(SHIPPED_VENV / "bin" / "python")
+
 
 class Running:
     def __init__(self, kind: str, proc: subprocess.Popen, port: int, started: float, log: Path):
@@ -96,8 +109,8 @@ def start(kind: str, backend_uri: str, destination: str, workdir: Path, extra_en
     env = base_env({"TMPDIR": str(workdir), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
                     **(extra_env or {})})
     if kind in ("ours", "noauth", "floor"):
-        env.update({"PORT": str(port), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_WORKERS": str(WORKERS),
-                    "MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_ARTIFACTS_DESTINATION": destination,
+        env.update({"PYTHON": shipped_python(), "PORT": str(port), "MLFLOW_HOST": "127.0.0.1",
+                    "MLFLOW_WORKERS": str(WORKERS), "MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_ARTIFACTS_DESTINATION": destination,
                     "MLFLOW_AUTH_USERS": users or ":".join(USER), "MLFLOW_SECRETS_DIR": "",
                     "MLFLOW_AUTH_MAX_FAILURES": "1000000"})
         args = [str(app_root / "entry-point.sh")]
