@@ -83,6 +83,7 @@ def create_app(settings: config.Settings):
         metric_writes,
         planner_settings,
         runs_by_metric,
+        unparsed_bodies,
     )
 
     speed_patches_off = internals.verify()  # refuses to start if a safety patch's target changed
@@ -92,7 +93,7 @@ def create_app(settings: config.Settings):
         json_responses.install()
     if internals.BATCH_PARSING not in speed_patches_off:
         batch_parsing.install()  # log_batch's plain metrics into its message without ParseDict
-    batch_parsing.refuse_unparsed_batches()  # not a half-parsed batch stored with a 200
+    unparsed_bodies.install()  # a body protobuf cannot parse is a 400, not half stored with a 200
     if internals.METRIC_WRITES not in speed_patches_off:
         metric_writes.install()  # the metrics of log_metric and log_batch on PostgreSQL in one statement
     if internals.RUNS_BY_METRIC not in speed_patches_off:

@@ -13,19 +13,16 @@ failed parse leaves in the message stay MLflow's. The message comes out equal to
 ``ParseDict``'s (``tests/test_batch_parsing.py`` compares the serialised bytes).
 Pinned to MLflow 3.17 and protobuf 7.
 
-``refuse_unparsed_batches`` (a safety change, on whatever parse is installed) answers 400 where
-MLflow would store a half-parsed batch; see its function for why.
+A body that fails to parse is refused by ``server/borrowed/unparsed_bodies.py``, whichever
+parse is installed.
 """
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import math
 
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.json_format import ParseError
-from mlflow.exceptions import MlflowException
 from mlflow.protos.service_pb2 import LogBatch
 from mlflow.utils import proto_json_utils
 
@@ -86,57 +83,6 @@ def parse_dict(js_dict, message) -> None:
     proto_json_utils.parse_dict(js_dict, message)
 
 
-# Parse failures of the LogBatch message being read, while refuse_unparsed_batches watches one
-_failures: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("log_batch_parse_failures", default=None)
-MAX_SHOWN = 300  # characters of protobuf's message kept in the answer
-
-
-def recording_failures(parse):
-    """``parse`` (a handlers' parse_dict) noting why a LogBatch body failed to parse."""
-
-    def parse_dict(js_dict, message) -> None:
-        try:
-            parse(js_dict, message)
-        except ParseError as exc:
-            failures = _failures.get()
-            if failures is not None and type(message) is LogBatch:
-                failures.append(str(exc))
-            raise
-
-    parse_dict.wrapped = parse
-    return parse_dict
-
-
-def refusing_unparsed_batches(get_request_message):
-    """``get_request_message`` (MLflow's ``_get_request_message``) refusing a LogBatch body that
-    protobuf could not parse but MLflow's schema let through.
-
-    MLflow catches the parse error, checks the body against the handler's schema, and when that
-    passes goes on with the message as far as it was filled: for log_batch the schema checks
-    only that each item's key (and a metric's value and timestamp) is present, so a metric
-    whose value is ``"high"`` was stored as 0.0 at timestamp 0, a param whose value is a number
-    as an empty string, with a 200. Here that is a 400 naming the field; a body the schema
-    refuses keeps MLflow's own error.
-    """
-
-    def _get_request_message(request_message, *args, **kwargs):
-        if type(request_message) is not LogBatch:
-            return get_request_message(request_message, *args, **kwargs)
-        failures: list[str] = []
-        token = _failures.set(failures)
-        try:
-            message = get_request_message(request_message, *args, **kwargs)
-        finally:
-            _failures.reset(token)
-        if failures:
-            raise MlflowException.invalid_parameter_value(
-                f"The log_batch body does not fit the API's types: {failures[0][:MAX_SHOWN]}")
-        return message
-
-    _get_request_message.wrapped = get_request_message
-    return _get_request_message
-
-
 def fits() -> bool:
     """Whether LogBatch's metric fields are still those this module fills (a start-up check:
     generated protobuf classes have no source for the internals list to compare)."""
@@ -145,20 +91,11 @@ def fits() -> bool:
                for name, kind in WRITTEN_FOR.items())
 
 
-def install() -> bool:
+def install() -> None:
     """Use this parse in MLflow's handlers, unless the metric message changed shape."""
     from mlflow.server import handlers
 
     if not fits():
         log.warning("LogBatch's metric fields changed: log_batch keeps MLflow's own parse")
-        return False
+        return
     handlers.parse_dict = parse_dict
-    return True
-
-
-def refuse_unparsed_batches() -> None:
-    """Refuse log_batch bodies protobuf cannot parse (after ``install``, whose parse it watches)."""
-    from mlflow.server import handlers
-
-    handlers.parse_dict = recording_failures(handlers.parse_dict)
-    handlers._get_request_message = refusing_unparsed_batches(handlers._get_request_message)

@@ -384,12 +384,11 @@ ENTRIES: tuple[Entry, ...] = (
           "MLflow's handlers print JSON in one pass without pretty-printing",
           (Target(H, "message_to_json", params=("message", "pretty", "convert_int64_to_number")),
            Target("google.protobuf.json_format", "_Printer._MessageToJsonObject", params=("self", "message")))),
-    Entry("half-parsed batches refused", "safety", "server/borrowed/batch_parsing.py",
-          "a log_batch body protobuf cannot parse is a 400: MLflow's _get_request_message catches the "
+    Entry("half-parsed bodies refused", "safety", "server/borrowed/unparsed_bodies.py",
+          "a request body protobuf cannot parse is a 400: MLflow's _get_request_message catches the "
           "ParseError and, when the handler's schema passes, goes on with the half-filled message",
           (Target(H, "_get_request_message", params=("request_message", "flask_request", "schema"),
                   contains="except ParseError:\n        proto_parsing_succeeded = False"),
-           Target(H, "_log_batch", contains="request_message = _get_request_message(\n        LogBatch(),"),
            Target(H, "parse_dict", params=("js_dict", "message")),
            Target("google.protobuf.json_format", "ParseError"))),
     Entry(BATCH_PARSING, "speed", "server/borrowed/batch_parsing.py",
