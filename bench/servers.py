@@ -110,8 +110,9 @@ def start(kind: str, backend_uri: str, destination: str, workdir: Path, extra_en
                     **(extra_env or {})})
     if kind in ("ours", "noauth", "floor"):
         env.update({"PYTHON": shipped_python(), "PORT": str(port), "MLFLOW_HOST": "127.0.0.1",
-                    "MLFLOW_WORKERS": str(WORKERS), "MLFLOW_BACKEND_STORE_URI": backend_uri, "MLFLOW_ARTIFACTS_DESTINATION": destination,
-                    "MLFLOW_AUTH_USERS": users or ":".join(USER), "MLFLOW_SECRETS_DIR": "",
+                    "MLFLOW_WORKERS": str(WORKERS), "MLFLOW_BACKEND_STORE_URI": backend_uri,
+                    "MLFLOW_ARTIFACTS_DESTINATION": destination, "MLFLOW_AUTH_USERS": users or ":".join(USER),
+                    "MLFLOW_SECRETS_DIR": "",
                     "MLFLOW_AUTH_MAX_FAILURES": "1000000"})
         args = [str(app_root / "entry-point.sh")]
         if kind in ("noauth", "floor"):
