@@ -227,7 +227,7 @@ def pytest_collection_modifyitems(items):
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadfile`` with the files of a shared group as one unit. (pytest-xdist's own
     ``loadgroup`` cannot do it on pytest 9: it renames items through an attribute pytest 9 no
-    longer reads, and every test then goes its own way.)"""
+    longer reads, and every test then goes its own way: pytest-xdist issue #1386.)"""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
