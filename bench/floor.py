@@ -46,35 +46,38 @@ MARKERS = ("<!-- floor:begin -->", "<!-- floor:end -->")
 SIDES = {"ours": "ours", "stock": "baseline", "floor": "floor"}
 
 
-def raw_search_latencies(server: Running, experiment_id: str, calls: int) -> list[float]:
-    """``search_runs`` as the stock client sends it (its JSON, up to 1000 runs) from a plain HTTP
-    session that only reads the answer: the stock client also turns the answer into protobuf
-    messages and entities (tens of ms for 500 runs), which count on both sides alike and so
-    pull the ratio toward 1."""
+def plain_latencies(server: Running, calls: int, method: str, path: str, body: dict | None = None,
+                    check=None) -> list[float]:
+    """Seconds per call of one request from a plain HTTP session that only reads the answer (a
+    2xx, and ``check(answer)`` when given), after one warm-up call."""
     session = requests.Session()
-    url = f"{server.url}/api/2.0/mlflow/runs/search"
-    body = {"experiment_ids": [experiment_id], "max_results": 1000, "run_view_type": "ACTIVE_ONLY"}
 
     def one():
-        r = session.post(url, json=body, auth=server.auth, timeout=60)
-        r.raise_for_status()
-        assert len(r.json()["runs"]) == 500
+        answer = session.request(method, server.url + path, json=body, auth=server.auth, timeout=60)
+        answer.raise_for_status()
+        if check is not None:
+            check(answer)
 
     one()
     return latencies(one, calls)
+
+
+def raw_search_latencies(server: Running, experiment_id: str, calls: int) -> list[float]:
+    """``search_runs`` as the stock client sends it (its JSON, up to 1000 runs), from a plain HTTP
+    session: the stock client also turns the answer into protobuf messages and entities (tens of
+    ms for 500 runs), which count on both sides alike and so pull the ratio toward 1."""
+    body = {"experiment_ids": [experiment_id], "max_results": 1000, "run_view_type": "ACTIVE_ONLY"}
+
+    def all_500_runs(answer):
+        assert len(answer.json()["runs"]) == 500
+
+    return plain_latencies(server, calls, "POST", "/api/2.0/mlflow/runs/search", body, all_500_runs)
 
 
 def ui_search_latencies(server: Running, calls: int) -> list[float]:
     """The UI's experiments list call (a page of 25, newest first)."""
-    session = requests.Session()
-    url = f"{server.url}/ajax-api/2.0/mlflow/experiments/search?max_results=25&order_by=last_update_time+DESC"
-
-    def one():
-        r = session.get(url, auth=server.auth, timeout=60)
-        r.raise_for_status()
-
-    one()
-    return latencies(one, calls)
+    return plain_latencies(server, calls, "GET",
+                           "/ajax-api/2.0/mlflow/experiments/search?max_results=25&order_by=last_update_time+DESC")
 
 
 def measured_window(server: Running, runs: list[str], seconds: float, load=raw_log_metric_rate) -> tuple[float, float]:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -31,8 +32,9 @@ WORKERS = 2
 SHIPPED_VENV = ROOT / ".venv-server"
 
 
+@functools.cache
 def shipped_python() -> str:
-    """The image lock's python, the venv made first when missing (a minute, once)."""
+    """The image lock's python, the venv made (a minute) or checked once per process."""
     subprocess.run([str(ROOT / "scripts" / "setup-venv.sh")], check=True,
                    env={**os.environ, "VENV": str(SHIPPED_VENV), "RUNTIME_ONLY": "1"})
     return str(SHIPPED_VENV / "bin" / "python")
@@ -112,8 +114,7 @@ def start(kind: str, backend_uri: str, destination: str, workdir: Path, extra_en
         env.update({"PYTHON": shipped_python(), "PORT": str(port), "MLFLOW_HOST": "127.0.0.1",
                     "MLFLOW_WORKERS": str(WORKERS), "MLFLOW_BACKEND_STORE_URI": backend_uri,
                     "MLFLOW_ARTIFACTS_DESTINATION": destination, "MLFLOW_AUTH_USERS": users or ":".join(USER),
-                    "MLFLOW_SECRETS_DIR": "",
-                    "MLFLOW_AUTH_MAX_FAILURES": "1000000"})
+                    "MLFLOW_SECRETS_DIR": "", "MLFLOW_AUTH_MAX_FAILURES": "1000000"})
         args = [str(app_root / "entry-point.sh")]
         if kind in ("noauth", "floor"):
             env["PYTHONPATH"] = str(app_root)
