@@ -381,9 +381,14 @@ ENTRIES: tuple[Entry, ...] = (
           (Target("gunicorn.glogging", "Logger.access", params=("self", "resp", "req", "environ", "request_time")),
            Target("gunicorn.glogging", "Logger.setup", params=("self", "cfg")))),
     Entry(COMPACT_JSON, "speed", "server/borrowed/json_responses.py",
-          "MLflow's handlers print JSON in one pass without pretty-printing",
+          "MLflow's handlers print JSON in one pass without pretty-printing, each field's way of "
+          "printing decided once; well-known types and rare values go to protobuf's printer",
           (Target(H, "message_to_json", params=("message", "pretty", "convert_int64_to_number")),
-           Target("google.protobuf.json_format", "_Printer._MessageToJsonObject", params=("self", "message")))),
+           Target("google.protobuf.json_format", "_Printer._MessageToJsonObject", params=("self", "message")),
+           Target("google.protobuf.json_format", "_Printer._FieldToJsonObject", params=("self", "field", "value")),
+           Target("google.protobuf.json_format", "_IsWrapperMessage", params=("message_descriptor",)),
+           Target("google.protobuf.json_format", "_IsMapEntry", params=("field",)),
+           Target("google.protobuf.json_format", "_WKTJSONMETHODS"))),
     Entry("half-parsed bodies refused", "safety", "server/borrowed/unparsed_bodies.py",
           "a request body protobuf cannot parse is a 400: MLflow's _get_request_message catches the "
           "ParseError and, when the handler's schema passes, goes on with the half-filled message",
