@@ -82,6 +82,7 @@ def create_app(settings: config.Settings):
         metric_history,
         metric_writes,
         planner_settings,
+        run_pages,
         runs_by_metric,
         unparsed_bodies,
     )
@@ -96,8 +97,10 @@ def create_app(settings: config.Settings):
     unparsed_bodies.install()  # a body protobuf cannot parse is a 400, not half stored with a 200
     if internals.METRIC_WRITES not in speed_patches_off:
         metric_writes.install()  # the metrics of log_metric and log_batch on PostgreSQL in one statement
-    if internals.RUNS_BY_METRIC not in speed_patches_off:
-        runs_by_metric.install()  # a runs page ordered by a metric, from our index
+    if internals.RUN_PAGES not in speed_patches_off:
+        run_pages.install()  # a page of runs made into entities from rows, not ORM objects
+        if internals.RUNS_BY_METRIC not in speed_patches_off:
+            runs_by_metric.install()  # a runs page ordered by a metric, from our index (built on run_pages)
     _share_connection_pool()
     # Open the stores now (in the master with preload_app): the first request pays nothing.
     handlers.initialize_backend_stores(

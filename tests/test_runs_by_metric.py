@@ -23,6 +23,7 @@ from server.borrowed import own_indexes, runs_by_metric
 from server.config import normalize_backend_uri
 from tests.services import run_app_probe, statements
 
+MLFLOWS = SqlAlchemyStore._search_runs  # MLflow's own path: the oracle (this process installs nothing)
 T0 = 1_700_000_000_000
 RUNS = 150
 
@@ -84,7 +85,7 @@ def walk_both(store, exps, filter_string="", view=1, size=7, order="metrics.m DE
         with statements(store.engine) as sent:
             ours = page(runs_by_metric.search_runs, store, exps, filter_string, view, size, order, token)
         walked += any(is_range(statement) for statement, _ in sent)
-        theirs = page(runs_by_metric._mlflow_search_runs, store, exps, filter_string, view, size, order, token)
+        theirs = page(MLFLOWS, store, exps, filter_string, view, size, order, token)
         assert ours == theirs, (filter_string, view, size, order, token)
         token = ours[1]
         if token is None:
@@ -147,7 +148,7 @@ def test_a_page_that_starts_past_a_range(store):
     for offset in (100, 108, 126, 140, 500):
         token = runs_by_metric.SearchUtils.create_page_token(offset)
         ours = page(runs_by_metric.search_runs, store_, exps, "", 1, 10, "metrics.m DESC", token)
-        theirs = page(runs_by_metric._mlflow_search_runs, store_, exps, "", 1, 10, "metrics.m DESC", token)
+        theirs = page(MLFLOWS, store_, exps, "", 1, 10, "metrics.m DESC", token)
         assert ours == theirs, offset
 
 
@@ -155,7 +156,7 @@ def test_a_value_changed_between_two_ranges_moves_no_run(store):
     """All ranges read one snapshot: a run whose value turns NaN after the numbers were read (by
     another writer, committed) is still answered once, where it was."""
     store_, exps = store
-    before = page(runs_by_metric._mlflow_search_runs, store_, exps[:1], "", 1, 1000, "metrics.m DESC", None)
+    before = page(MLFLOWS, store_, exps[:1], "", 1, 1000, "metrics.m DESC", None)
     moved = next(r.info.run_id for r in store_.search_runs(exps[:1], "metrics.m > 1", 1)
                  if not math.isinf(r.data.metrics["m"]))
     changed = []
@@ -196,7 +197,7 @@ def test_bad_requests_fail_as_in_mlflow(store, request_):
     store_, exps = store
     filter_string, order_by, token = request_
     errors = []
-    for path in (runs_by_metric.search_runs, runs_by_metric._mlflow_search_runs):
+    for path in (runs_by_metric.search_runs, MLFLOWS):
         with pytest.raises(MlflowException) as caught:
             path(store_, exps, filter_string, 1, 10, order_by, token)
         errors.append((caught.value.error_code, caught.value.message))
@@ -215,5 +216,5 @@ print(json.dumps({"status": found.status_code, "names": [r["info"]["run_name"] f
 def test_the_server_answers_through_it(store, tmp_path):
     store_, exps = store
     result = run_app_probe(SERVER_PROBE, store_.db_uri, tmp_path, exps[0])
-    expected, _ = runs_by_metric._mlflow_search_runs(store_, exps[:1], "", 1, 7, ["metrics.`m` DESC"], None)
+    expected, _ = MLFLOWS(store_, exps[:1], "", 1, 7, ["metrics.`m` DESC"], None)
     assert result == {"status": 200, "names": [r.info.run_name for r in expected], "walked": True}

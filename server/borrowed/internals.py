@@ -44,6 +44,7 @@ METRIC_WRITES = "one-statement metric writes"
 BATCH_PARSING = "log_batch metrics parsed directly"
 CLOSING_COMMIT = "a store session's closing commit expires nothing"
 RUNS_BY_METRIC = "runs ordered by a metric from an index"
+RUN_PAGES = "runs pages made from rows"
 
 
 class InternalsChangedError(RuntimeError):
@@ -423,6 +424,23 @@ ENTRIES: tuple[Entry, ...] = (
                   contains="metrics, params, tags = _validate_batch_log_data(metrics, params, tags)"),
            Target("mlflow.utils.validation", "_validate_batch_log_data",
                   contains="_validate_metric(metric.key, metric.value, metric.timestamp, metric.step, path=path)"))),
+    Entry(RUN_PAGES, "speed", "server/borrowed/run_pages.py",
+          "search_runs is MLflow's _search_runs with the page's runs made into entities from plain rows "
+          "(their latest metrics, params and tags read as selectinload reads them) instead of ORM objects",
+          (Target(SQL_TRACKING, "SqlAlchemyStore._search_runs",
+                  params=("self", "experiment_ids", "filter_string", "run_view_type", "max_results", "order_by",
+                          "page_token"),
+                  contains="runs = [run.to_mlflow_entity() for run in queried_runs]"),
+           Target(SQL_TRACKING, "_get_orderby_clauses", params=("order_by_list", "session")),
+           Target(SQL_TRACKING, "_get_sqlalchemy_filter_clauses", params=("parsed", "session", "dialect")),
+           Target("mlflow.store.tracking.dbmodels.models", "SqlRun.to_mlflow_entity",
+                  contains="if run_name := _get_run_name_from_tags(tags):"),
+           Target("mlflow.store.tracking.dbmodels.models", "SqlLatestMetric.to_mlflow_entity",
+                  contains='value=self.value if not self.is_nan else float("nan"),'),
+           Target("mlflow.store.tracking.dbmodels.models", "SqlParam.to_mlflow_entity"),
+           Target("mlflow.store.tracking.dbmodels.models", "SqlTag.to_mlflow_entity"),
+           Target("mlflow.utils.mlflow_tags", "_get_run_name_from_tags", params=("tags",)),
+           Target("sqlalchemy.orm.strategies", "_SelectInLoader._chunksize", value=500))),
     Entry(RUNS_BY_METRIC, "speed", "server/borrowed/runs_by_metric.py",
           "search_runs ordered by one metric reads three ranges (numbers by value, NaN, missing) in "
           "MLflow's order from our latest_metrics index instead of sorting the whole experiment, then "

@@ -12,15 +12,16 @@ with its own ``ORDER BY ... LIMIT``, which PostgreSQL serves by walking our inde
 ``latest_metrics (key, is_nan, value)`` (``own_indexes.py``) and keeping the experiment's runs, so
 a page costs about its size, not the experiment's. A later range is read only when the earlier
 ones end inside the page; a page that starts past a range's end counts that range once. The
-page's runs are then loaded and answered exactly as MLflow does (the same eager loading, inputs,
-outputs and page token), in that order. The ranges never overlap and each run is in one of them
+page's runs are then loaded and answered exactly as MLflow does (the same entities, made from
+rows by ``run_pages``, inputs, outputs and page token), in that order. The ranges never overlap and each run is in one of them
 once, so MLflow's ``DISTINCT`` has nothing to remove: the rows and their order are MLflow's.
 
 The walk passes the key's values of every experiment; it pays when the experiment holds a good
 share of the runs (``worth_walking``: at most ``WALK_BUDGET`` values passed for a page). A small
 experiment, a deep page, a filter (which thins the walk by an unknown share), several ``order_by``
 clauses or one that is not a metric, other databases, no ``max_results``, and any request MLflow's
-parsing rejects keep MLflow's path, where the sort is small or the same as before.
+parsing rejects keep MLflow's path (``run_pages.search_runs``), where the sort is small or the same
+as before.
 
 Pinned to MLflow 3.17 (``_search_runs``, ``_get_orderby_clauses``); listed in internals.py;
 ``tests/test_runs_by_metric.py`` compares every page with MLflow's own path on one database.
@@ -41,7 +42,8 @@ from mlflow.store.tracking.sqlalchemy_store import (
 from mlflow.utils.search_utils import SearchUtils
 from sqlalchemy import exists, false, func, select, text, true
 
-_mlflow_search_runs = SqlAlchemyStore._search_runs
+from server.borrowed.run_pages import run_entities
+from server.borrowed.run_pages import search_runs as _mlflow_search_runs  # MLflow's, its runs made from rows
 
 
 def metric_order(order_by) -> tuple[str, bool] | None:
@@ -139,10 +141,9 @@ def _walked_page(self: SqlAlchemyStore, session, ranges, offset: int, max_result
         return session.execute(ranges[part].offset(start).limit(limit)).scalars().all()
 
     page_ids = list(page_plan(read, offset, max_results + 1))
-    loaded = session.execute(select(SqlRun).options(*self._get_eager_run_query_options())
-                             .where(SqlRun.run_uuid.in_(page_ids))).scalars().all()
+    loaded = session.execute(select(SqlRun).where(SqlRun.run_uuid.in_(page_ids))).scalars().all()
     by_id = {run.run_uuid: run for run in loaded}
-    runs = [by_id[run_id].to_mlflow_entity() for run_id in page_ids]
+    runs = run_entities(session, [by_id[run_id] for run_id in page_ids])
 
     # from here on, MLflow's _search_runs as it is
     run_ids = [run.info.run_id for run in runs]

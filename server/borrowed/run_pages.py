@@ -1,0 +1,129 @@
+"""A page of runs made into entities from plain rows instead of ORM objects.
+
+MLflow's ``SqlAlchemyStore._search_runs`` loads the page's runs with their latest metrics,
+params and tags through the ORM (``selectinload``), then turns each ORM object into an entity.
+For a page of 500 runs with 5 metrics, 5 params and 3 tags each that is 7,000 ORM objects:
+about 75 ms of CPU of a 150 ms call. Read as plain rows, with the same statements, and made
+into the same entities, they take about 20 ms.
+
+``search_runs`` is MLflow 3.17's ``_search_runs`` with two changes, marked ``# ours``: the page's
+query loads the runs without their children, and ``run_entities`` makes the entities instead
+of ``SqlRun.to_mlflow_entity``. ``run_entities`` reads the children as ``selectinload`` does
+(the same ``WHERE run_uuid IN (...)``, 500 runs a statement, so each run's metrics, params and
+tags come in the order MLflow's path gives them) and builds each run as ``to_mlflow_entity``
+does, the run name from the ``mlflow.runName`` tag included.
+
+Pinned to MLflow 3.17 (``_search_runs``, ``SqlRun.to_mlflow_entity`` and its children's; their
+source is fingerprinted in internals.py); ``tests/test_run_pages.py`` compares every answer
+with MLflow's own path on one database.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from mlflow.entities import LifecycleStage, Metric, Param, Run, RunData, RunInfo, RunInputs, RunOutputs, RunTag
+from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
+from mlflow.store.tracking.sqlalchemy_store import (
+    SqlAlchemyStore,
+    _get_orderby_clauses,
+    _get_sqlalchemy_filter_clauses,
+    _parse_experiment_ids,
+)
+from mlflow.utils.mlflow_tags import _get_run_name_from_tags
+from mlflow.utils.search_utils import SearchUtils
+from sqlalchemy import select
+
+CHUNK = 500  # runs per statement, as SQLAlchemy's selectinload sends them
+
+_METRICS, _PARAMS, _TAGS = SqlLatestMetric.__table__, SqlParam.__table__, SqlTag.__table__
+
+
+def _children(session, table, run_ids: list[str]) -> dict[str, list]:
+    """The rows of ``table`` for ``run_ids``, per run, in the order the database returns them."""
+    found = defaultdict(list)
+    for start in range(0, len(run_ids), CHUNK):
+        statement = select(table).where(table.c.run_uuid.in_(run_ids[start:start + CHUNK]))
+        for row in session.execute(statement).mappings():
+            found[row["run_uuid"]].append(row)
+    return found
+
+
+def run_entities(session, runs: list[SqlRun]) -> list[Run]:
+    """``[run.to_mlflow_entity() for run in runs]`` without loading ``runs``' children as ORM objects."""
+    run_ids = [run.run_uuid for run in runs]
+    metrics = _children(session, _METRICS, run_ids)
+    params = _children(session, _PARAMS, run_ids)
+    tags = _children(session, _TAGS, run_ids)
+    entities = []
+    for run in runs:
+        info = RunInfo(run_id=run.run_uuid, run_name=run.name, experiment_id=str(run.experiment_id),
+                       user_id=run.user_id, status=run.status, start_time=run.start_time, end_time=run.end_time,
+                       lifecycle_stage=run.lifecycle_stage, artifact_uri=run.artifact_uri)
+        run_tags = [RunTag(row["key"], row["value"]) for row in tags[run.run_uuid]]
+        data = RunData(
+            metrics=[Metric(row["key"], float("nan") if row["is_nan"] else row["value"], row["timestamp"], row["step"])
+                     for row in metrics[run.run_uuid]],
+            params=[Param(row["key"], row["value"]) for row in params[run.run_uuid]],
+            tags=run_tags)
+        if not info.run_name:
+            if run_name := _get_run_name_from_tags(run_tags):
+                info._set_run_name(run_name)
+        entities.append(Run(run_info=info, run_data=data))
+    return entities
+
+
+def search_runs(self: SqlAlchemyStore, experiment_ids, filter_string, run_view_type, max_results, order_by,
+                page_token):
+    """MLflow 3.17's ``SqlAlchemyStore._search_runs``; the changed lines are marked ``# ours``."""
+    def compute_next_token(current_size):
+        next_token = None
+        if max_results is not None and current_size == max_results + 1:
+            final_offset = offset + max_results
+            next_token = SearchUtils.create_page_token(final_offset)
+        return next_token
+
+    self._validate_max_results_param(max_results, allow_null=True)
+    stages = set(LifecycleStage.view_type_to_stages(run_view_type))
+    with self.ManagedSessionMaker() as session:
+        parsed_filters = SearchUtils.parse_search_filter(filter_string)
+        cases_orderby, parsed_orderby, sorting_joins = _get_orderby_clauses(order_by, session)
+        stmt = select(SqlRun, *cases_orderby)
+        attribute_filters, non_attribute_filters, dataset_filters = _get_sqlalchemy_filter_clauses(
+            parsed_filters, session, self._get_dialect())
+        for non_attr_filter in non_attribute_filters:
+            stmt = stmt.join(non_attr_filter)
+        for dataset_filter in dataset_filters:
+            stmt = stmt.join(dataset_filter, SqlRun.run_uuid == dataset_filter.c.destination_id)
+        for j in sorting_joins:
+            stmt = stmt.outerjoin(j)
+        offset = SearchUtils.parse_start_offset_from_page_token(page_token)
+        experiment_ids = _parse_experiment_ids(experiment_ids)
+        experiment_ids = self._filter_experiment_ids(session, experiment_ids)
+        stmt = (
+            stmt.distinct()  # ours: no eager loading options
+            .filter(SqlRun.experiment_id.in_(experiment_ids), SqlRun.lifecycle_stage.in_(stages),
+                    *attribute_filters)
+            .order_by(*parsed_orderby)
+            .offset(offset)
+        )
+        if max_results is not None:
+            stmt = stmt.limit(max_results + 1)
+        queried_runs = session.execute(stmt).scalars(SqlRun).all()
+        runs = run_entities(session, queried_runs)  # ours
+        run_ids = [run.info.run_id for run in runs]
+        inputs = self._get_run_inputs(run_uuids=run_ids, session=session)
+        model_outputs_map = self._get_model_outputs_bulk(run_ids=run_ids, session=session)
+        runs_with_inputs_outputs = [
+            Run(run.info, run.data, RunInputs(dataset_inputs=inputs[i]), RunOutputs(model_outputs_map[run.info.run_id]))
+            for i, run in enumerate(runs)
+        ]
+        next_page_token = compute_next_token(len(runs_with_inputs_outputs))
+        if next_page_token and max_results is not None:
+            runs_with_inputs_outputs = runs_with_inputs_outputs[:max_results]
+    return runs_with_inputs_outputs, next_page_token
+
+
+def install() -> None:
+    """Make every tracking store of this process build its runs pages from rows."""
+    SqlAlchemyStore._search_runs = search_runs
