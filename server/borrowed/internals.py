@@ -109,6 +109,8 @@ class Entry:
 
 
 H = "mlflow.server.handlers"
+SEARCH_RUNS_PARAMS = ("self", "experiment_ids", "filter_string", "run_view_type", "max_results", "order_by",
+                      "page_token")
 SQL_TRACKING = "mlflow.store.tracking.sqlalchemy_store"
 SQL_REGISTRY = "mlflow.store.model_registry.sqlalchemy_store"
 
@@ -428,8 +430,7 @@ ENTRIES: tuple[Entry, ...] = (
           "search_runs is MLflow's _search_runs with the page's runs made into entities from plain rows "
           "(their latest metrics, params and tags read as selectinload reads them) instead of ORM objects",
           (Target(SQL_TRACKING, "SqlAlchemyStore._search_runs",
-                  params=("self", "experiment_ids", "filter_string", "run_view_type", "max_results", "order_by",
-                          "page_token"),
+                  params=SEARCH_RUNS_PARAMS,
                   contains="runs = [run.to_mlflow_entity() for run in queried_runs]"),
            Target(SQL_TRACKING, "_get_orderby_clauses", params=("order_by_list", "session")),
            Target(SQL_TRACKING, "_get_sqlalchemy_filter_clauses", params=("parsed", "session", "dialect")),
@@ -446,14 +447,12 @@ ENTRIES: tuple[Entry, ...] = (
           "MLflow's order from our latest_metrics index instead of sorting the whole experiment, then "
           "answers the page as MLflow's _search_runs does",
           (Target(SQL_TRACKING, "SqlAlchemyStore._search_runs",
-                  params=("self", "experiment_ids", "filter_string", "run_view_type", "max_results", "order_by",
-                          "page_token"),
+                  params=SEARCH_RUNS_PARAMS,
                   contains="inputs = self._get_run_inputs(run_uuids=run_ids, session=session)"),
            Target(SQL_TRACKING, "_get_orderby_clauses",
                   contains="(subquery.c.is_nan == sqlalchemy.true(), 1),"),
            Target(SQL_TRACKING, "_get_orderby_clauses", contains="(order_value.is_(None), 2),"),
            Target(SQL_TRACKING, "_get_orderby_clauses", contains="clauses.append(SqlRun.run_uuid)"),
-           Target(SQL_TRACKING, "SqlAlchemyStore._get_eager_run_query_options"),
            Target(SQL_TRACKING, "SqlAlchemyStore._get_run_inputs", params=("self", "session", "run_uuids")),
            Target(SQL_TRACKING, "SqlAlchemyStore._get_model_outputs_bulk", params=("self", "run_ids", "session")),
            Target(SQL_TRACKING, "SqlAlchemyStore._filter_experiment_ids",
