@@ -441,7 +441,12 @@ ENTRIES: tuple[Entry, ...] = (
            Target("mlflow.store.tracking.dbmodels.models", "SqlParam.to_mlflow_entity"),
            Target("mlflow.store.tracking.dbmodels.models", "SqlTag.to_mlflow_entity"),
            Target("mlflow.utils.mlflow_tags", "_get_run_name_from_tags", params=("tags",)),
-           Target("sqlalchemy.orm.strategies", "_SelectInLoader._chunksize", value=500))),
+           Target("sqlalchemy.orm.strategies", "_SelectInLoader._chunksize", value=500),
+           Target(SQL_TRACKING, "SqlAlchemyStore._get_run_inputs", params=("self", "session", "run_uuids")),
+           Target(SQL_TRACKING, "SqlAlchemyStore._get_model_outputs_bulk", params=("self", "run_ids", "session")),
+           Target(SQL_TRACKING, "SqlAlchemyStore._filter_experiment_ids",
+                  params=("self", "session", "experiment_ids", "lifecycle_stage")),
+           Target(SQL_TRACKING, "_parse_experiment_ids", params=("experiment_ids",)))),
     Entry(RUNS_BY_METRIC, "speed", "server/borrowed/runs_by_metric.py",
           "search_runs ordered by one metric reads three ranges (numbers by value, NaN, missing) in "
           "MLflow's order from our latest_metrics index instead of sorting the whole experiment, then "
@@ -453,8 +458,6 @@ ENTRIES: tuple[Entry, ...] = (
                   contains="(subquery.c.is_nan == sqlalchemy.true(), 1),"),
            Target(SQL_TRACKING, "_get_orderby_clauses", contains="(order_value.is_(None), 2),"),
            Target(SQL_TRACKING, "_get_orderby_clauses", contains="clauses.append(SqlRun.run_uuid)"),
-           Target(SQL_TRACKING, "SqlAlchemyStore._get_run_inputs", params=("self", "session", "run_uuids")),
-           Target(SQL_TRACKING, "SqlAlchemyStore._get_model_outputs_bulk", params=("self", "run_ids", "session")),
            Target(SQL_TRACKING, "SqlAlchemyStore._filter_experiment_ids",
                   params=("self", "session", "experiment_ids", "lifecycle_stage")),
            Target(SQL_TRACKING, "_parse_experiment_ids", params=("experiment_ids",)),

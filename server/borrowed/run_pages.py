@@ -73,16 +73,23 @@ def run_entities(session, runs: list[SqlRun]) -> list[Run]:
     return entities
 
 
+def answered_page(store: SqlAlchemyStore, session, runs: list[Run], offset: int, max_results: int | None):
+    """The end of MLflow's ``_search_runs``: ``runs`` (up to ``max_results + 1`` of them, the
+    extra one telling that a next page exists) with their inputs and outputs, and the page token."""
+    run_ids = [run.info.run_id for run in runs]
+    inputs = store._get_run_inputs(run_uuids=run_ids, session=session)
+    model_outputs_map = store._get_model_outputs_bulk(run_ids=run_ids, session=session)
+    page = [Run(run.info, run.data, RunInputs(dataset_inputs=inputs[i]), RunOutputs(model_outputs_map[run.info.run_id]))
+            for i, run in enumerate(runs)]
+    if max_results is not None and len(page) == max_results + 1:
+        return page[:max_results], SearchUtils.create_page_token(offset + max_results)
+    return page, None
+
+
 def search_runs(self: SqlAlchemyStore, experiment_ids, filter_string, run_view_type, max_results, order_by,
                 page_token):
-    """MLflow 3.17's ``SqlAlchemyStore._search_runs``; the changed lines are marked ``# ours``."""
-    def compute_next_token(current_size):
-        next_token = None
-        if max_results is not None and current_size == max_results + 1:
-            final_offset = offset + max_results
-            next_token = SearchUtils.create_page_token(final_offset)
-        return next_token
-
+    """MLflow 3.17's ``SqlAlchemyStore._search_runs``; the changed lines are marked ``# ours``, its
+    last lines are ``answered_page``."""
     self._validate_max_results_param(max_results, allow_null=True)
     stages = set(LifecycleStage.view_type_to_stages(run_view_type))
     with self.ManagedSessionMaker() as session:
@@ -110,18 +117,7 @@ def search_runs(self: SqlAlchemyStore, experiment_ids, filter_string, run_view_t
         if max_results is not None:
             stmt = stmt.limit(max_results + 1)
         queried_runs = session.execute(stmt).scalars(SqlRun).all()
-        runs = run_entities(session, queried_runs)  # ours
-        run_ids = [run.info.run_id for run in runs]
-        inputs = self._get_run_inputs(run_uuids=run_ids, session=session)
-        model_outputs_map = self._get_model_outputs_bulk(run_ids=run_ids, session=session)
-        runs_with_inputs_outputs = [
-            Run(run.info, run.data, RunInputs(dataset_inputs=inputs[i]), RunOutputs(model_outputs_map[run.info.run_id]))
-            for i, run in enumerate(runs)
-        ]
-        next_page_token = compute_next_token(len(runs_with_inputs_outputs))
-        if next_page_token and max_results is not None:
-            runs_with_inputs_outputs = runs_with_inputs_outputs[:max_results]
-    return runs_with_inputs_outputs, next_page_token
+        return answered_page(self, session, run_entities(session, queried_runs), offset, max_results)  # ours
 
 
 def install() -> None:

@@ -12,9 +12,10 @@ with its own ``ORDER BY ... LIMIT``, which PostgreSQL serves by walking our inde
 ``latest_metrics (key, is_nan, value)`` (``own_indexes.py``) and keeping the experiment's runs, so
 a page costs about its size, not the experiment's. A later range is read only when the earlier
 ones end inside the page; a page that starts past a range's end counts that range once. The
-page's runs are then loaded and answered exactly as MLflow does (the same entities, made from
-rows by ``run_pages``, inputs, outputs and page token), in that order. The ranges never overlap and each run is in one of them
-once, so MLflow's ``DISTINCT`` has nothing to remove: the rows and their order are MLflow's.
+page's runs are then loaded and answered exactly as MLflow does (the same entities, inputs,
+outputs and page token, through ``run_pages``), in that order. The ranges never overlap and each
+run is in one of them once, so MLflow's ``DISTINCT`` has nothing to remove: the rows and their
+order are MLflow's.
 
 The walk passes the key's values of every experiment; it pays when the experiment holds a good
 share of the runs (``worth_walking``: at most ``WALK_BUDGET`` values passed for a page). A small
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-from mlflow.entities import LifecycleStage, Run, RunInputs, RunOutputs
+from mlflow.entities import LifecycleStage
 from mlflow.exceptions import MlflowException
 from mlflow.store.db.db_types import POSTGRES
 from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun
@@ -42,8 +43,8 @@ from mlflow.store.tracking.sqlalchemy_store import (
 from mlflow.utils.search_utils import SearchUtils
 from sqlalchemy import exists, false, func, select, text, true
 
-from server.borrowed.run_pages import run_entities
-from server.borrowed.run_pages import search_runs as _mlflow_search_runs  # MLflow's, its runs made from rows
+from server.borrowed.run_pages import answered_page, run_entities
+from server.borrowed.run_pages import search_runs as search_runs_from_rows  # MLflow's path, runs made from rows
 
 
 def metric_order(order_by) -> tuple[str, bool] | None:
@@ -116,7 +117,7 @@ def search_runs(self: SqlAlchemyStore, experiment_ids, filter_string, run_view_t
                 page_token):
     order = metric_order(order_by)
     if order is None or max_results is None or filter_string or self.db_type != POSTGRES:
-        return _mlflow_search_runs(self, experiment_ids, filter_string, run_view_type, max_results, order_by,
+        return search_runs_from_rows(self, experiment_ids, filter_string, run_view_type, max_results, order_by,
                                    page_token)
     self._validate_max_results_param(max_results, allow_null=True)
     stages = set(LifecycleStage.view_type_to_stages(run_view_type))
@@ -129,7 +130,7 @@ def search_runs(self: SqlAlchemyStore, experiment_ids, filter_string, run_view_t
         walk = bool(ids) and _walk_is_cheaper(session, ids, offset + max_results + 1)
         if walk:
             return _walked_page(self, session, _ranges(ids, stages, *order), offset, max_results)
-    return _mlflow_search_runs(self, experiment_ids, filter_string, run_view_type, max_results, order_by,
+    return search_runs_from_rows(self, experiment_ids, filter_string, run_view_type, max_results, order_by,
                                page_token)
 
 
@@ -143,19 +144,8 @@ def _walked_page(self: SqlAlchemyStore, session, ranges, offset: int, max_result
     page_ids = list(page_plan(read, offset, max_results + 1))
     loaded = session.execute(select(SqlRun).where(SqlRun.run_uuid.in_(page_ids))).scalars().all()
     by_id = {run.run_uuid: run for run in loaded}
-    runs = run_entities(session, [by_id[run_id] for run_id in page_ids])
-
-    # from here on, MLflow's _search_runs as it is
-    run_ids = [run.info.run_id for run in runs]
-    inputs = self._get_run_inputs(run_uuids=run_ids, session=session)
-    model_outputs_map = self._get_model_outputs_bulk(run_ids=run_ids, session=session)
-    page = [Run(run.info, run.data, RunInputs(dataset_inputs=inputs[i]),
-                RunOutputs(model_outputs_map[run.info.run_id])) for i, run in enumerate(runs)]
-    next_page_token = None
-    if len(page) == max_results + 1:
-        next_page_token = SearchUtils.create_page_token(offset + max_results)
-        page = page[:max_results]
-    return page, next_page_token
+    return answered_page(self, session, run_entities(session, [by_id[run_id] for run_id in page_ids]), offset,
+                         max_results)
 
 
 def install() -> None:
