@@ -14,7 +14,7 @@ import json
 import os
 import threading
 
-from server.borrowed.metric_sql import LOG_METRICS_SQL
+from server.borrowed.metric_sql import LOG_METRICS_SQL, statement_columns
 
 THREADS = int(os.environ.get("MLFLOW_THREADS", "8"))  # connections kept: one per worker thread
 _pool = None
@@ -43,9 +43,9 @@ def _connections():
 def _columns(body: dict) -> dict:
     metrics = body.get("metrics") or [body]
     return {"run_id": body.get("run_id") or body.get("run_uuid"), "active": "active",
-            "keys": [m["key"] for m in metrics], "metric_values": [float(m["value"]) for m in metrics],
-            "timestamps": [int(m.get("timestamp", 0)) for m in metrics], "steps": [int(m.get("step", 0)) for m in metrics],
-            "is_nans": [False] * len(metrics)}
+            **statement_columns([m["key"] for m in metrics], [float(m["value"]) for m in metrics],
+                                [int(m.get("timestamp", 0)) for m in metrics], [int(m.get("step", 0)) for m in metrics],
+                                [False] * len(metrics))}
 
 
 def application(environ, start_response):

@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from server.borrowed import metric_writes
+from server.borrowed.metric_sql import statement_columns
 from server.config import normalize_backend_uri
 from tests.services import run_app_probe, statements
 
@@ -75,6 +76,9 @@ BATCHES = [
     ("a", [("z", 9.0, T0 + 1, 1), ("z", 8.0, T0 + 1, 1), ("z", 9.0, T0, 1)]),  # newer than stored
     ("a", [("v", 1.0, T0, 2), ("v", 3.0, T0, 2), ("v", 2.0, T0, 2)]),  # same step and time: the largest value
     ("a", []),  # params only
+    # values and integers at the edges of their types, as the statement's array literals carry them
+    ("a", [("e0", -0.0, T0, 0), ("e1", 5e-324, T0, 0), ("e2", 0.1 + 0.2, T0, 0), ("e3", 1 / 3, T0, 0),
+           ("e4", 1.7976931348623157e308, 2**63 - 1, 2**63 - 1), ("e5", -2.5e-308, T0, -(2**63)), ("e6", 12, T0, 0)]),
     ("b", [("y", 5.0, T0, 0)]),
     ("a", [("ok", 1.0, T0, 0), ("bad", None, T0, 0)]),  # an invalid item: nothing is stored
     ("a", [("ok", 1.0, T0, 0), ("bad", 1.0, -5, 0)]),
@@ -180,6 +184,41 @@ def test_same_rows_and_reads_as_mlflow(both):
     assert len([k for k in latest if k.startswith("k")]) == 300
     assert not any(row[0] in ("ok", "bad") for row in both["ours"][1]["a"]["metrics"])
     assert both["ours"][1]["deleted"]["metrics"] == []
+
+
+# The array literals' hard cases, beyond what MLflow's name rule lets through to the statement.
+HOSTILE_KEYS = ['"', "\\", '\\"', "{a,b}", " padded ", "NULL", "", "it's", "ü ñ 漢", "a\tb", ",", "}"]
+EDGE_VALUES = [0.0, -0.0, 5e-324, -5e-324, 0.1, 1 / 3, 1e-300, 1.7976931348623157e308, -1.7976931348623157e308,
+               0, 7, -12, 2**70]
+EDGE_INTEGERS = [0, 1, -1, 2**53 + 1, 2**63 - 1, -(2**63)]
+
+
+def read_back(postgres, columns: dict) -> tuple:
+    """What PostgreSQL reads from the binds with the statement's own casts."""
+    [(keys, values, timestamps, steps, is_nans)] = postgres.query(
+        "postgres", "SELECT CAST(%(keys)s AS varchar[]), CAST(%(metric_values)s AS double precision[]), "
+        "CAST(%(timestamps)s AS bigint[]), CAST(%(steps)s AS bigint[]), CAST(%(is_nans)s AS boolean[])", columns)
+    return keys, [repr(v) for v in values], timestamps, steps, is_nans
+
+
+def test_array_literals_read_back_as_psycopg2s_lists(postgres):
+    n = max(len(HOSTILE_KEYS), len(EDGE_VALUES), len(EDGE_INTEGERS))
+    keys = (HOSTILE_KEYS * n)[:n]
+    values, timestamps = (EDGE_VALUES * n)[:n], (EDGE_INTEGERS * n)[:n]
+    steps, is_nans = timestamps[::-1], [i % 3 == 0 for i in range(n)]
+    literals = statement_columns(keys, values, timestamps, steps, is_nans)
+    assert all(isinstance(v, str) for v in literals.values())  # the literal form was taken
+    lists = {"keys": keys, "metric_values": values, "timestamps": timestamps, "steps": steps, "is_nans": is_nans}
+    got = read_back(postgres, literals)
+    assert got == read_back(postgres, lists)
+    assert got[0] == keys and got[1][:3] == ["0.0", "0.0", "5e-324"]  # -0.0 stored as 0.0, as MLflow stores it
+
+
+def test_other_item_types_keep_psycopg2s_lists():
+    # a float step or a bool value reaches PostgreSQL's casts as psycopg2 sends it, not as text
+    for columns in ((["k"], [1.0], [0], [1.5], [False]), (["k"], [True], [0], [0], [False]),
+                    ([b"k"], [1.0], [0], [0], [False]), (["k"], [1.0], [None], [0], [False])):
+        assert statement_columns(*columns)["steps"] == columns[3]
 
 
 def count_statements(store: SqlAlchemyStore, call) -> list[str]:

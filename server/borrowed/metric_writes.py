@@ -7,7 +7,8 @@ FOR UPDATE`` and updates them at commit. For one ``log_metric`` that is five sta
 about 3 ms of ORM work, the larger part of a worker's CPU when training scripts log step by
 step; for a ``log_batch`` of 1000 metrics, a thousand ORM objects.
 
-On PostgreSQL the same effect is one statement with the metrics as arrays: read the run's
+On PostgreSQL the same effect is one statement with the metrics as arrays (sent as array
+literals, ``metric_sql.statement_columns``): read the run's
 lifecycle stage; if it is active, insert the metrics (a duplicate, within the call or already
 stored, is skipped and changes nothing, as in MLflow) and, per key, upsert the run's latest
 value from the metrics actually inserted, replacing it only when strictly newer by (step,
@@ -35,7 +36,7 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.utils.validation import _validate_metric
 from sqlalchemy import text
 
-from server.borrowed.metric_sql import LOG_METRICS_SQL
+from server.borrowed.metric_sql import LOG_METRICS_SQL, statement_columns
 
 _LOG_METRICS = text(LOG_METRICS_SQL)
 
@@ -50,17 +51,15 @@ def _takes_fast_path(store: SqlAlchemyStore) -> bool:
 def log_metrics_once(self: SqlAlchemyStore, run_id: str, metrics) -> None:
     if not _takes_fast_path(self):
         return _mlflow_log_metrics_once(self, run_id, metrics)
-    columns = {"keys": [], "metric_values": [], "timestamps": [], "steps": [], "is_nans": []}
-    single = len(metrics) == 1
-    for metric in metrics:
+    if len(metrics) == 1:
         # Several metrics come only from log_batch, which has just validated each with the same
         # function and path (_validate_batch_log_data); MLflow validates them a second time here.
-        if single:
-            _validate_metric(metric.key, metric.value, metric.timestamp, metric.step, path="")
-        is_nan, value = self.sanitize_metric_value(metric.value)
-        for column, item in zip(columns.values(), (metric.key, value, metric.timestamp, metric.step, is_nan),
-                                strict=True):
-            column.append(item)
+        metric = metrics[0]
+        _validate_metric(metric.key, metric.value, metric.timestamp, metric.step, path="")
+    sanitized = [self.sanitize_metric_value(metric.value) for metric in metrics]
+    columns = statement_columns([m.key for m in metrics], [value for _, value in sanitized],
+                                [m.timestamp for m in metrics], [m.step for m in metrics],
+                                [is_nan for is_nan, _ in sanitized])
     with self.ManagedSessionMaker(read_only=False) as session:
         run = session.execute(_LOG_METRICS, {"run_id": run_id, "active": LifecycleStage.ACTIVE, **columns}).first()
         if run is None:
