@@ -77,6 +77,7 @@ def create_app(settings: config.Settings):
         artifact_streaming,
         batch_parsing,
         closing_commit,
+        field_aliases,
         internals,
         json_responses,
         metric_history,
@@ -95,6 +96,8 @@ def create_app(settings: config.Settings):
     if internals.BATCH_PARSING not in speed_patches_off:
         batch_parsing.install()  # log_batch's plain metrics into its message without ParseDict
     unparsed_bodies.install()  # a body protobuf cannot parse is a 400, not half stored with a 200
+    if internals.FIELD_ALIASES not in speed_patches_off:
+        field_aliases.install()  # MLflow's two-spellings refusal, each message type's walk planned once
     if internals.METRIC_WRITES not in speed_patches_off:
         metric_writes.install()  # the metrics of log_metric and log_batch on PostgreSQL in one statement
     if internals.RUN_PAGES not in speed_patches_off:

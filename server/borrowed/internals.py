@@ -45,6 +45,7 @@ BATCH_PARSING = "log_batch metrics parsed directly"
 CLOSING_COMMIT = "a store session's closing commit expires nothing"
 RUNS_BY_METRIC = "runs ordered by a metric from an index"
 RUN_PAGES = "runs pages made from rows"
+FIELD_ALIASES = "a body's field spellings checked by a planned walk"
 
 
 class InternalsChangedError(RuntimeError):
@@ -408,6 +409,14 @@ ENTRIES: tuple[Entry, ...] = (
            Target(H, "_log_batch", contains="LogBatch(),"),
            Target("google.protobuf.json_format", "_ConvertFloat", params=("value", "field")),
            Target("google.protobuf.json_format", "_ConvertInteger", params=("value",)))),
+    Entry(FIELD_ALIASES, "speed", "server/borrowed/field_aliases.py",
+          "MLflow's refusal of a body that spells a field two ways (run_id and runId), with each message "
+          "type's fields to check worked out once instead of per JSON object",
+          (Target(H, "_reject_conflicting_field_aliases", params=("request_json", "message_descriptor")),
+           Target(H, "_get_request_message", params=("request_message", "flask_request", "schema"),
+                  contains="_reject_conflicting_field_aliases(request_json, request_message.DESCRIPTOR)"),
+           Target("mlflow.exceptions", "MlflowException.invalid_parameter_value",
+                  params=("message", "sqlstate", "error_class", "kwargs")))),
     Entry(CLOSING_COMMIT, "speed", "server/borrowed/closing_commit.py",
           "the tracking and registry stores' managed sessions commit at the end of a call without expiring "
           "what they loaded, since the session is closed right after",
