@@ -3,6 +3,7 @@ experiment-location rule, the shared failure counts and hash budget, trusted pro
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -260,12 +261,70 @@ def test_compressed_bodies_inflate_within_the_cap():
     assert status_of(lambda: request_limits.inflate(payload, "br", 100_000)) == "415"
 
 
+def nested(levels: int, inner: bytes = b"1") -> bytes:
+    return b"[" * levels + inner + b"]" * levels
+
+
+def alternating(levels: int) -> bytes:
+    """Lists and objects in turn, ``levels`` deep, around one number."""
+    body = b"1"
+    for level in range(levels):
+        body = b"[" + body + b"]" if level % 2 else b'{"k": ' + body + b"}"
+    return body
+
+
 def test_plainly_within_limits_only_when_nothing_could_hide():
-    assert request_limits.plainly_within_limits(b'{"run_id": "abc", "key": "m", "value": 1.5, "step": 3}')
+    plain = request_limits.plainly_within_limits
+    assert plain(b'{"run_id": "abc", "key": "m", "value": 1.5, "step": 3}')
+    batch = {"run_id": "r", "metrics": [{"key": "x", "value": float(i), "timestamp": 0, "step": i} for i in range(1000)],
+             "params": [{"key": "p", "value": "[{ ]] }"}], "tags": []}
+    assert plain(json.dumps(batch).encode())  # a log_batch of 1000 metrics, brackets inside a string
+    assert plain(b'{"a": ' + nested(62) + b"}")  # values at depth 64
+    assert plain(b'{"a": ' + alternating(62) + b"}")
+    assert plain(b'{"a": "' + b"]" * 70 + b'", "b": ' + nested(62) + b"}")
     for body in (b'{"filter": "x"}', b'{"OrderBy": ["a"]}', b'{"page_token": "t"}',
                  b'{"\\u0066ilter": "x"}', b'{"k": "a\\u0000b"}', b'{"k": "a\x00b"}',
-                 b"[" * 65 + b"]" * 65, b"[" + b"0," * 60000 + b"0]"):
-        assert not request_limits.plainly_within_limits(body), body[:40]
+                 b"[" * 65 + b"]" * 65, b"[" + b"0," * 60000 + b"0]",
+                 b'{"a": ' + nested(63) + b"}",  # a value at depth 65
+                 b'{"a": ' + alternating(63) + b"}",
+                 b'{"a": "' + b"]" * 70 + b'", "b": ' + nested(63) + b"}",  # a string's brackets hide nothing
+                 b'{"a": ' + nested(40) + b', "b": ' + nested(70) + b"}",
+                 b'"' + nested(100, b"") + b'"', b" " + nested(3), b"5"):  # not an object
+        assert not plain(body), body[:40]
+
+
+def test_a_plain_body_passes_the_full_check():
+    """Whatever plainly_within_limits lets through without parsing, the parse and walk accept too
+    (or the body is not JSON at all, which MLflow's parser refuses)."""
+    import random
+
+    rng = random.Random(26)
+    texts = ["x", "]", "[[", "{", "}", "a,b", ":", "filter", "ordering", " ", "\u00e9", "\"", "\u0000"]
+
+    def build(depth):
+        kind = rng.random()
+        if depth > 68 or kind < 0.3:
+            return rng.choice([1, 2.5, None, True, rng.choice(texts)])
+        if kind < 0.65:
+            return [build(depth + 1) for _ in range(rng.randint(0, 3))]
+        return {rng.choice(["k", "key", "v]", "{x"]): build(depth + 1) for _ in range(rng.randint(0, 3))}
+
+    let_through = 0
+    for _ in range(4000):
+        body = json.dumps({"d": build(rng.choice([1, 1, 40, 58, 61, 62]))}, ensure_ascii=rng.random() < 0.5).encode()
+        if rng.random() < 0.2:  # a damaged body
+            cut = rng.randrange(len(body))
+            body = body[:cut] + rng.choice([b"[", b"]", b"{", b"}", b'"', b""]) + body[cut + 1:]
+        if not request_limits.plainly_within_limits(body):
+            continue
+        let_through += 1
+        try:
+            document = json.loads(body)
+        except ValueError:
+            continue
+        request_limits.check_json(document)  # raises if the shortcut let through what the walk refuses
+        assert isinstance(document, dict)
+    assert let_through > 1000
 
 
 def test_failures_noted_for_the_fleet_wait_out_a_database_outage():
