@@ -81,6 +81,7 @@ def create_app(settings: config.Settings):
         internals,
         json_responses,
         metric_history,
+        metric_names,
         metric_writes,
         planner_settings,
         run_pages,
@@ -98,6 +99,8 @@ def create_app(settings: config.Settings):
     unparsed_bodies.install()  # a body protobuf cannot parse is a 400, not half stored with a 200
     if internals.FIELD_ALIASES not in speed_patches_off:
         field_aliases.install()  # MLflow's two-spellings refusal, each message type's walk planned once
+    if internals.METRIC_NAMES not in speed_patches_off:
+        metric_names.install()  # a metric name that passed MLflow's check is not checked again
     if internals.METRIC_WRITES not in speed_patches_off:
         metric_writes.install()  # the metrics of log_metric and log_batch on PostgreSQL in one statement
     if internals.RUN_PAGES not in speed_patches_off:
