@@ -49,7 +49,7 @@ def ensure_schema(uri: str, auto_upgrade: bool = True, connect_timeout: float = 
     from mlflow.store.db import utils as db_utils
 
     # Two pooled connections, not one per check: the lock's, and one the checks share in turn
-    # (each new PostgreSQL connection costs ~5 ms of the cold start; six were made here).
+    # (each new PostgreSQL connection costs ~5 ms of the cold start; one per check made eight).
     engine = sqlalchemy.create_engine(uri, poolclass=QueuePool, pool_size=2, max_overflow=8)
     is_postgres = engine.dialect.name == "postgresql"
     try:

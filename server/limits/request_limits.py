@@ -135,10 +135,10 @@ def plainly_within_limits(body: bytes) -> bool:
     lowered = body.lower()
     if any(key in lowered for key in _SEARCH_KEYS):
         return False
-    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH - 1:  # a log_metric: nothing to strip
-        return body.lstrip()[:1] == b"{"
     if body.lstrip()[:1] != b"{":
         return False
+    if body.count(b"[") + body.count(b"{") <= MAX_DEPTH - 1:  # a log_metric: too few brackets to nest deeper
+        return True
     # with no backslash, a JSON string runs from a quote to the next: every other piece between
     # quotes is inside a string, and the rest is the body's structure
     outside_strings = body.translate(None, _NOT_BRACKETS_OR_QUOTES).split(b'"')[::2]
