@@ -279,6 +279,9 @@ def test_plainly_within_limits_only_when_nothing_could_hide():
     batch = {"run_id": "r", "metrics": [{"key": "x", "value": float(i), "timestamp": 0, "step": i} for i in range(1000)],
              "params": [{"key": "p", "value": "[{ ]] }"}], "tags": []}
     assert plain(json.dumps(batch).encode())  # a log_batch of 1000 metrics, brackets inside a string
+    batch["params"] = batch["tags"] = [{"key": "k", "value": "v"}] * 100
+    assert plain(json.dumps(batch).encode())  # at MLflow's limits for a log_batch
+    assert not plain(b'{"a": [' + b"[]," * 5000 + b"[]]}")  # more structure than any such body: parsed
     assert plain(b'{"a": ' + nested(62) + b"}")  # values at depth 64
     assert plain(b'{"a": ' + alternating(62) + b"}")
     assert plain(b'{"a": "' + b"]" * 70 + b'", "b": ' + nested(62) + b"}")

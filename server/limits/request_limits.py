@@ -106,17 +106,23 @@ def _check_search_value(name: str, value) -> None:
 
 _SEARCH_KEYS = (b"filter", b"order", b"page")
 _NOT_BRACKETS_OR_QUOTES = bytes(b for b in range(256) if b not in b'[]{}"')
-_EMPTY_PAIR = re.compile(rb"\{\}|\[\]")
+# A container's depth does not depend on its kind: objects' braces count as brackets.
+_BRACES_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+# Brackets enough for any body MLflow's API takes (a log_batch at its limits of 1000 metrics,
+# 100 params and 100 tags has ~2,400): a body with more goes through the parse, so the passes
+# below cost at most MAX_DEPTH scans of this many bytes (~2 ms), whatever the body.
+_MAX_STRUCTURE = 8 * KIB
 
 
 def _nests_at_most(brackets: bytes, levels: int) -> bool:
     """Whether a balanced bracket sequence nests at most ``levels`` deep: each pass removes every
-    empty pair of the sequence as it stands (one level: a pair emptied by this pass waits for the
-    next); a sequence that does not empty (too deep, or unbalanced) is False."""
+    ``[]`` of the sequence as it stands (one level: ``replace`` does not look again at a pair its
+    own removals made), so a sequence that empties within ``levels`` passes is no deeper. One that
+    does not (too deep, or unbalanced, which the parser then refuses) is False."""
     for _ in range(levels):
         if not brackets:
             return True
-        shorter = _EMPTY_PAIR.sub(b"", brackets)
+        shorter = brackets.replace(b"[]", b"")
         if len(shorter) == len(brackets):
             return False
         brackets = shorter
@@ -141,8 +147,10 @@ def plainly_within_limits(body: bytes) -> bool:
         return True
     # with no backslash, a JSON string runs from a quote to the next: every other piece between
     # quotes is inside a string, and the rest is the body's structure
-    outside_strings = body.translate(None, _NOT_BRACKETS_OR_QUOTES).split(b'"')[::2]
-    return _nests_at_most(b"".join(outside_strings), MAX_DEPTH - 1)
+    structure = b"".join(body.translate(None, _NOT_BRACKETS_OR_QUOTES).split(b'"')[::2])
+    if len(structure) > _MAX_STRUCTURE:
+        return False
+    return _nests_at_most(structure.translate(_BRACES_AS_BRACKETS), MAX_DEPTH - 1)
 
 
 def check_json(document) -> None:
