@@ -47,6 +47,26 @@ def test_search_strings_in_every_spelling_and_place():
     assert status_of(lambda: request_limits.check_json({"filter": " and ".join(["a = 1"] * 31)})) == "400"
 
 
+def limits_check(path: str, body: bytes, content_type: str = "application/json") -> None:
+    import io
+
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": path, "CONTENT_TYPE": content_type,
+               "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body)}
+    request_limits.RequestLimits(None)._check(environ)
+    assert environ["wsgi.input"].read() == body  # put back whole for the app
+
+
+@pytest.mark.parametrize("content_type", ["", "application/octet-stream", "application/json"])
+def test_a_ui_upload_is_a_file_not_json(content_type):
+    """The UI's upload body is the file itself (MLflow reads request.data): any bytes pass, within its cap."""
+    upload = "/ajax-api/2.0/mlflow/upload-artifact"
+    for body in (b"kept", b"C:\\temp\\order page filter", b"[" * 500, bytes(range(256)) * 40, b'"a"', b"\x00"):
+        limits_check(upload, body, content_type)
+    assert status_of(lambda: limits_check(upload, b"x" * (10 * 1024 * 1024 + 1), content_type)) == "413"
+    if content_type != "application/octet-stream":  # the same bytes to a JSON route are checked as JSON
+        assert status_of(lambda: limits_check("/api/2.0/mlflow/runs/log-batch", b"[" * 500, content_type)) == "400"
+
+
 def test_a_double_encoded_body_is_checked_as_mlflow_reads_it():
     """MLflow's handlers decode a JSON body that is a JSON string a second time (older clients)."""
     import io

@@ -45,6 +45,9 @@ ROUTE_BODY_CAPS = (
 )
 # Streamed to the artifact store chunk by chunk (server/borrowed/artifact_streaming.py): no cap here.
 STREAMED = re.compile(r"^/(ajax-)?api/2\.0/mlflow-artifacts/")
+# Bodies that are a file's bytes, not JSON (MLflow reads the UI upload's as request.data): capped,
+# never parsed, whatever bytes the file holds.
+RAW_BODIES = re.compile(r"^/ajax-api/2\.0/mlflow/upload-artifact$")
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 MAX_DEPTH = 64
@@ -252,7 +255,7 @@ class RequestLimits:
         if cap is None:
             return
         body = read_body(environ, cap)
-        if body is None:
+        if body is None or RAW_BODIES.match(path):
             return
         if path == "/v1/traces":
             body = inflate_body(environ, body, cap)
