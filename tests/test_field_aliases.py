@@ -13,10 +13,10 @@ import random
 
 import pytest
 from google.protobuf import descriptor
-from mlflow.exceptions import MlflowException
 from mlflow.protos.service_pb2 import LogBatch
 
 from server.borrowed import field_aliases
+from tests.oracle import outcome
 from tests.test_json_responses import every_message_type
 
 JUNK = [None, "text", 3, 1.5, True, [], [1, "a"], {}]
@@ -54,25 +54,17 @@ def _value(field, rng: random.Random, depth: int):
     return rng.choice(JUNK)
 
 
-def _outcome(check, body, message_descriptor) -> str:
-    try:
-        check(body, message_descriptor)
-        return "accepted"
-    except MlflowException as exc:
-        return f"{exc.error_code}: {exc.message}"
-
-
 def test_every_message_type_meets_mlflows_check():
     rng = random.Random(26)
     outcomes = []
     for message_descriptor in every_message_type():
         for _ in range(12):
             body = _body(message_descriptor, rng, 0)
-            ours = _outcome(field_aliases.reject_conflicting_field_aliases, body, message_descriptor)
-            mlflows = _outcome(field_aliases._mlflow_reject, body, message_descriptor)
+            ours = outcome(field_aliases.reject_conflicting_field_aliases, body, message_descriptor)
+            mlflows = outcome(field_aliases._mlflow_reject, body, message_descriptor)
             assert ours == mlflows, (message_descriptor.full_name, body)
             outcomes.append(ours)
-    refused = [o for o in outcomes if o != "accepted"]
+    refused = [o for o in outcomes if o != "ok"]
     # both kinds in numbers, and conflicts found below the top level too
     assert len(refused) > 200 and len(outcomes) - len(refused) > 1000
     assert len(set(refused)) > 50
@@ -81,18 +73,18 @@ def test_every_message_type_meets_mlflows_check():
 def test_the_first_conflict_in_mlflows_order_is_the_one_named():
     body = {"run_id": "a", "runId": "b",
             "metrics": [{"key": "x", "value": 1, "timestamp": 0, "dataset_name": "d", "datasetName": "e"}]}
-    ours = _outcome(field_aliases.reject_conflicting_field_aliases, body, LogBatch.DESCRIPTOR)
-    assert ours == _outcome(field_aliases._mlflow_reject, body, LogBatch.DESCRIPTOR)
+    ours = outcome(field_aliases.reject_conflicting_field_aliases, body, LogBatch.DESCRIPTOR)
+    assert ours == outcome(field_aliases._mlflow_reject, body, LogBatch.DESCRIPTOR)
     assert "'run_id' and 'runId'" in ours  # the top level's conflict, before the metric's
     nested_only = {"run_id": "a", "metrics": [{"key": "x"}, {"dataset_digest": "1", "datasetDigest": "2"}]}
-    assert "'dataset_digest' and 'datasetDigest'" in _outcome(field_aliases.reject_conflicting_field_aliases,
+    assert "'dataset_digest' and 'datasetDigest'" in outcome(field_aliases.reject_conflicting_field_aliases,
                                                               nested_only, LogBatch.DESCRIPTOR)
 
 
 @pytest.mark.parametrize("body", [None, [], "run_id", {"metrics": "not a list"}, {"metrics": [None, 3]}])
 def test_bodies_that_are_not_objects_pass_as_in_mlflow(body):
-    assert _outcome(field_aliases.reject_conflicting_field_aliases, body, LogBatch.DESCRIPTOR) == "accepted"
-    assert _outcome(field_aliases._mlflow_reject, body, LogBatch.DESCRIPTOR) == "accepted"
+    assert outcome(field_aliases.reject_conflicting_field_aliases, body, LogBatch.DESCRIPTOR) == "ok"
+    assert outcome(field_aliases._mlflow_reject, body, LogBatch.DESCRIPTOR) == "ok"
 
 
 def test_installed_into_mlflow_handlers():

@@ -20,12 +20,12 @@ import random
 
 import pytest
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
 from server.borrowed import metric_writes
 from server.borrowed.metric_sql import statement_columns
 from server.config import normalize_backend_uri
+from tests.oracle import outcome
 from tests.services import run_app_probe, statements
 
 T0 = 1_700_000_000_000
@@ -114,23 +114,15 @@ def make_runs(store: SqlAlchemyStore) -> dict[str, str]:
     return runs
 
 
-def outcome(call, label: str, runs: dict[str, str]) -> str:
-    try:
-        call()
-        return "ok"
-    except MlflowException as exc:
-        return f"{exc.error_code}: {exc.message.replace(runs[label], label)}"
-
-
 def apply(store: SqlAlchemyStore, runs: dict[str, str]) -> list[str]:
     """Log SINGLE, then BATCHES; the outcome of each call, with run ids replaced by labels."""
-    outcomes = [outcome(lambda r=runs[label], m=(key, value, ts, step): store.log_metric(r, Metric(*m)), label, runs)
-                for label, key, value, ts, step in SINGLE]
+    outcomes = [outcome(lambda r=runs[label], m=(key, value, ts, step): store.log_metric(r, Metric(*m)))
+                .replace(runs[label], label) for label, key, value, ts, step in SINGLE]
     for i, (label, items) in enumerate(BATCHES):
         metrics = [Metric(*item) for item in items]
         params = [Param(f"p{i}", "v")]  # log_batch's own statements stay MLflow's
-        outcomes.append(outcome(lambda r=runs[label], m=metrics, p=params: store.log_batch(r, m, p, [RunTag("t", "v")]),
-                                label, runs))
+        outcomes.append(outcome(lambda r=runs[label], m=metrics, p=params: store.log_batch(r, m, p, [RunTag("t", "v")]))
+                        .replace(runs[label], label))
     return outcomes
 
 
