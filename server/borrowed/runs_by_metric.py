@@ -118,7 +118,7 @@ def search_runs(self: SqlAlchemyStore, experiment_ids, filter_string, run_view_t
     order = metric_order(order_by)
     if order is None or max_results is None or filter_string or self.db_type != POSTGRES:
         return search_runs_from_rows(self, experiment_ids, filter_string, run_view_type, max_results, order_by,
-                                   page_token)
+                                     page_token)
     self._validate_max_results_param(max_results, allow_null=True)
     stages = set(LifecycleStage.view_type_to_stages(run_view_type))
     with self.ManagedSessionMaker() as session:
@@ -131,7 +131,7 @@ def search_runs(self: SqlAlchemyStore, experiment_ids, filter_string, run_view_t
         if walk:
             return _walked_page(self, session, _ranges(ids, stages, *order), offset, max_results)
     return search_runs_from_rows(self, experiment_ids, filter_string, run_view_type, max_results, order_by,
-                               page_token)
+                                 page_token)
 
 
 def _walked_page(self: SqlAlchemyStore, session, ranges, offset: int, max_results: int):
