@@ -76,6 +76,7 @@ def create_app(settings: config.Settings):
     from server.borrowed import (
         artifact_streaming,
         batch_parsing,
+        chart_samples,
         closing_commit,
         field_aliases,
         internals,
@@ -107,6 +108,8 @@ def create_app(settings: config.Settings):
         run_pages.install()  # a page of runs made into entities from rows, not ORM objects
         if internals.RUNS_BY_METRIC not in speed_patches_off:
             runs_by_metric.install()  # a runs page ordered by a metric, from our index (built on run_pages)
+    if internals.CHART_SAMPLES not in speed_patches_off:
+        chart_samples.install()  # a chart's sampled history read by position, not numbered point by point
     _share_connection_pool()
     # Open the stores now (in the master with preload_app): the first request pays nothing.
     handlers.initialize_backend_stores(

@@ -47,6 +47,7 @@ RUNS_BY_METRIC = "runs ordered by a metric from an index"
 RUN_PAGES = "runs pages made from rows"
 FIELD_ALIASES = "a body's field spellings checked by a planned walk"
 METRIC_NAMES = "a metric name checked once"
+CHART_SAMPLES = "a chart's sampled history read by position"
 
 
 class InternalsChangedError(RuntimeError):
@@ -482,6 +483,23 @@ ENTRIES: tuple[Entry, ...] = (
            Target("mlflow.utils.search_utils", "SearchUtils.parse_order_by_for_search_runs"),
            Target("mlflow.utils.search_utils", "SearchUtils.translate_key_alias"),
            Target("mlflow.store.tracking.dbmodels.models", "SqlLatestMetric"))),
+    Entry(CHART_SAMPLES, "speed", "server/borrowed/chart_samples.py",
+          "get-history-bulk-interval on PostgreSQL counts the points, walks the (run_uuid, key, step) index to "
+          "the positions where ntile's buckets start and reads those rows, instead of numbering and sorting "
+          "the whole history; a step holding several points keeps MLflow's query",
+          (Target(SQL_TRACKING, "SqlAlchemyStore._sample_metric_history_single_run",
+                  params=("self", "session", "run_id", "metric_key", "max_results", "start_step", "end_step"),
+                  contains='value=row.value if not row.is_nan else float("nan"),'),
+           Target(SQL_TRACKING, "SqlAlchemyStore._sample_metric_history_single_run",
+                  contains="order_by = [SqlMetric.step, SqlMetric.timestamp, SqlMetric.value, SqlMetric.is_nan]"),
+           Target(SQL_TRACKING, "SqlAlchemyStore._sample_rows_with_window_functions",
+                  contains="func.ntile(max_results).over(order_by=order_by)"),
+           Target(SQL_TRACKING, "SqlAlchemyStore._sample_rows_with_window_functions",
+                  contains="rows[-1] = last_row"),
+           Target(SQL_TRACKING, "SqlAlchemyStore.get_metric_history_bulk_interval",
+                  contains="max_results = max(1, max_results)"),
+           Target("mlflow.store.tracking.dbmodels.models", "SqlMetric"),
+           Target("mlflow.entities.metric", "MetricWithRunId"))),
 )
 
 def verify(entries: tuple[Entry, ...] = ENTRIES) -> set[str]:
