@@ -87,6 +87,7 @@ def create_app(settings: config.Settings):
         planner_settings,
         run_pages,
         runs_by_metric,
+        search_runs_json,
         unparsed_bodies,
     )
 
@@ -120,6 +121,8 @@ def create_app(settings: config.Settings):
     planner_settings.install(_store_engines())  # PostgreSQL's planner costs for SSDs, where left at default
     _release_connections()  # the master serves nothing: its workers open their own
     metric_history.install(mlflow_app)  # a metric's whole history, a batch at a time
+    if not {internals.COMPACT_JSON, internals.SEARCH_RUNS_JSON} & speed_patches_off:
+        search_runs_json.install(mlflow_app)  # runs/search written as JSON from the runs, no protobuf messages
     if job_credential:
         from mlflow.environment_variables import MLFLOW_SERVER_JOB_LEASE_TTL
 

@@ -48,6 +48,7 @@ RUN_PAGES = "runs pages made from rows"
 FIELD_ALIASES = "a body's field spellings checked by a planned walk"
 METRIC_NAMES = "a metric name checked once"
 CHART_SAMPLES = "a chart's sampled history read by position"
+SEARCH_RUNS_JSON = "runs/search answered as JSON built from the runs"
 
 
 class InternalsChangedError(RuntimeError):
@@ -500,6 +501,22 @@ ENTRIES: tuple[Entry, ...] = (
                   contains="max_results = max(1, max_results)"),
            Target("mlflow.store.tracking.dbmodels.models", "SqlMetric"),
            Target("mlflow.entities.metric", "MetricWithRunId"))),
+    Entry(SEARCH_RUNS_JSON, "speed", "server/borrowed/search_runs_json.py",
+          "runs/search is MLflow's _search_runs and search_runs_impl up to the store's answer, each run then "
+          "written as the JSON object the printer makes of Run.to_proto(), without the protobuf messages",
+          (Target(H, "_search_runs", contains="lambda x: _assert_less_than_or_equal(int(x), 50000),"),
+           Target(H, "_search_runs", contains="response_message = search_runs_impl(request_message)"),
+           Target(H, "search_runs_impl", contains="page_token=request_message.page_token or None,"),
+           Target(H, "search_runs_impl", contains="response_message.runs.extend([r.to_proto() for r in run_entities])"),
+           Target(H, "search_runs_impl", contains="run_view_type = ViewType.from_proto(request_message.run_view_type)"),
+           Target(H, "_get_request_message", params=("request_message", "flask_request", "schema")),
+           Target(H, "catch_mlflow_exception"), Target(H, "_disable_if_artifacts_only"),
+           Target("mlflow.entities.run", "Run.to_proto", contains="if self.inputs:"),
+           Target("mlflow.entities.run_info", "RunInfo.to_proto", contains="if self.end_time:"),
+           Target("mlflow.entities.run_info", "RunInfo.to_proto", contains="if self.run_name is not None:"),
+           Target("mlflow.entities.run_data", "RunData.to_proto",
+                  contains="run_data.metrics.extend([m.to_proto() for m in self._metric_objs])"),
+           Target("mlflow.entities.metric", "Metric.to_proto", contains="if self.dataset_digest:"))),
 )
 
 def verify(entries: tuple[Entry, ...] = ENTRIES) -> set[str]:

@@ -116,6 +116,11 @@ _WRITERS = {
 }
 
 
+def message_object(message) -> dict:
+    """The JSON object ``message_to_json`` writes for ``message`` (int64 values as numbers)."""
+    return _WRITERS[True].message(message)
+
+
 def message_to_json(message, *, pretty: bool = True, convert_int64_to_number: bool = True) -> str:
     """Drop-in for ``mlflow.utils.proto_json_utils.message_to_json``; always compact."""
     del pretty  # accepted for the callers' signature; whitespace carries no meaning
