@@ -39,14 +39,40 @@ CHUNK = 500  # runs per statement, as SQLAlchemy's selectinload sends them
 _METRICS, _PARAMS, _TAGS = SqlLatestMetric.__table__, SqlParam.__table__, SqlTag.__table__
 
 
-def _children(session, table, run_ids: list[str]) -> dict[str, list]:
-    """The rows of ``table`` for ``run_ids``, per run, in the order the database returns them."""
+def _children(session, table, run_ids: list[str]) -> dict[str, list[tuple]]:
+    """The rows of ``table`` (its columns in table order) for ``run_ids``, per run, in the order
+    the database returns them."""
+    run_uuid = [column.name for column in table.c].index("run_uuid")
+    if session.get_bind().dialect.name == "postgresql":
+        rows = _rows_from_cursor(session, table, run_ids)
+    else:
+        rows = (row for start in range(0, len(run_ids), CHUNK)
+                for row in session.execute(select(table).where(table.c.run_uuid.in_(run_ids[start:start + CHUNK]))))
     found = defaultdict(list)
-    for start in range(0, len(run_ids), CHUNK):
-        statement = select(table).where(table.c.run_uuid.in_(run_ids[start:start + CHUNK]))
-        for row in session.execute(statement).mappings():
-            found[row["run_uuid"]].append(row)
+    for row in rows:
+        found[row[run_uuid]].append(row)
     return found
+
+
+def _rows_from_cursor(session, table, run_ids: list[str]) -> list[tuple]:
+    """``select(table).where(run_uuid IN ...)`` on PostgreSQL, its rows read from psycopg2's cursor:
+    the same statement as SQLAlchemy's (psycopg2 writes a tuple as the same ``IN ('a', 'b', ...)``
+    list), the same Python values (these columns need no conversion), without SQLAlchemy's result
+    rows, which cost two thirds of the reading (10 of 15 ms for 500 runs' 6,500 rows)."""
+    # the names are MLflow's table and columns, never a request's
+    statement = f"SELECT {', '.join(column.name for column in table.c)} FROM {table.name} WHERE run_uuid IN %s"  # noqa: S608
+    connection = session.connection()
+    rows = []
+    for start in range(0, len(run_ids), CHUNK):
+        result = connection.exec_driver_sql(statement, (tuple(run_ids[start:start + CHUNK]),))
+        rows.extend(result.cursor.fetchall())
+        result.close()
+    return rows
+
+
+def _positions(table, *names: str) -> tuple[int, ...]:
+    columns = [column.name for column in table.c]
+    return tuple(columns.index(name) for name in names)
 
 
 def run_entities(session, runs: list[SqlRun]) -> list[Run]:
@@ -55,16 +81,19 @@ def run_entities(session, runs: list[SqlRun]) -> list[Run]:
     metrics = _children(session, _METRICS, run_ids)
     params = _children(session, _PARAMS, run_ids)
     tags = _children(session, _TAGS, run_ids)
+    m_key, m_value, m_timestamp, m_step, m_is_nan = _positions(_METRICS, "key", "value", "timestamp", "step", "is_nan")
+    p_key, p_value = _positions(_PARAMS, "key", "value")
+    t_key, t_value = _positions(_TAGS, "key", "value")
     entities = []
     for run in runs:
         info = RunInfo(run_id=run.run_uuid, run_name=run.name, experiment_id=str(run.experiment_id),
                        user_id=run.user_id, status=run.status, start_time=run.start_time, end_time=run.end_time,
                        lifecycle_stage=run.lifecycle_stage, artifact_uri=run.artifact_uri)
-        run_tags = [RunTag(row["key"], row["value"]) for row in tags[run.run_uuid]]
+        run_tags = [RunTag(row[t_key], row[t_value]) for row in tags[run.run_uuid]]
         data = RunData(
-            metrics=[Metric(row["key"], float("nan") if row["is_nan"] else row["value"], row["timestamp"], row["step"])
+            metrics=[Metric(row[m_key], float("nan") if row[m_is_nan] else row[m_value], row[m_timestamp], row[m_step])
                      for row in metrics[run.run_uuid]],
-            params=[Param(row["key"], row["value"]) for row in params[run.run_uuid]],
+            params=[Param(row[p_key], row[p_value]) for row in params[run.run_uuid]],
             tags=run_tags)
         if not info.run_name:
             if run_name := _get_run_name_from_tags(run_tags):
