@@ -6,7 +6,7 @@ The UI draws a metric with ``get-history-bulk-interval`` (320 points a run). MLf
 each bucket, then puts the last point of the history in the place of the last one kept. Its
 query numbers and sorts the whole history twice: ~1 s for a metric of 1M points.
 
-Where ntile's buckets start is known from the number of points alone (``positions``): with ``n``
+Where ntile's buckets start is known from the number of points alone: with ``n``
 points and ``k`` buckets, the first ``n % k`` buckets hold ``n // k + 1`` points, the others
 ``n // k``. So one statement here counts the points, computes those positions, and walks
 MLflow's index on ``metrics (run_uuid, key, step)`` from one position to the next (an ``OFFSET``
@@ -21,7 +21,7 @@ without steps, all at step 0), MLflow's query answers instead. Other databases k
 query too. The answer is built from the rows as MLflow builds it.
 
 Still linear in the points (the count and the walk read the index once each): ~0.2 s at 1M
-points, ~5 times less than MLflow's query (docs/benchmarks.md).
+points in-process, 3-4 times less than MLflow's query (docs/benchmarks.md).
 
 Pinned to MLflow 3.17 (``_sample_metric_history_single_run``, ``_sample_rows_with_window_functions``);
 listed in internals.py; ``tests/test_chart_samples.py`` compares answers with MLflow's own.
