@@ -186,8 +186,6 @@ ENTRIES: tuple[Entry, ...] = (
            Target(H, "_get_request_message", params=("request_message", "flask_request", "schema")),
            Target(H, "_assert_string"), Target(H, "_assert_required"),
            Target(H, "catch_mlflow_exception"), Target(H, "_disable_if_artifacts_only"),
-           Target(H, "_assert_array"), Target(H, "_assert_string"), Target(H, "_assert_intlike"),
-           Target(H, "_assert_less_than_or_equal"), Target(H, "_assert_item_type_string"),
            Target(H, "_get_tracking_store"), Target(H, "message_to_json"),
            Target(SQL_TRACKING, "SqlAlchemyStore.get_metric_history",
                   params=("self", "run_id", "metric_key", "max_results", "page_token"),
