@@ -42,7 +42,7 @@ _METRICS, _PARAMS, _TAGS = SqlLatestMetric.__table__, SqlParam.__table__, SqlTag
 def _children(session, table, run_ids: list[str]) -> dict[str, list[tuple]]:
     """The rows of ``table`` (its columns in table order) for ``run_ids``, per run, in the order
     the database returns them."""
-    run_uuid = [column.name for column in table.c].index("run_uuid")
+    (run_uuid,) = _positions(table, "run_uuid")
     if session.get_bind().dialect.name == "postgresql":
         rows = _rows_from_cursor(session, table, run_ids)
     else:
