@@ -67,6 +67,10 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     PORT=8080 \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=true
+# The start-up check of what we borrow from MLflow, made here from the image's own files: a
+# safety contract that no longer fits fails the build; at start the verdict is reused while
+# those files are unchanged, which keeps ~0.1 s off every cold start (server/borrowed/verdict.py).
+RUN PYTHONPATH=/app /opt/venv/bin/python -W ignore -m server.borrowed.verdict
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8080

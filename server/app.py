@@ -89,9 +89,11 @@ def create_app(settings: config.Settings):
         runs_by_metric,
         search_runs_json,
         unparsed_bodies,
+        verdict,
     )
 
-    speed_patches_off = internals.verify()  # refuses to start if a safety patch's target changed
+    # refuses to start if a safety patch's target changed (the image build's verdict, while it holds)
+    speed_patches_off = verdict.verify()
     _settle_mlflow_auth_module()
     artifact_streaming.install()  # before any artifact repository is created
     if internals.COMPACT_JSON not in speed_patches_off:

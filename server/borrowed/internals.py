@@ -10,7 +10,8 @@ Each entry names what it touches, the module of ours that touches it, why, and t
   itself off with a warning and MLflow's own code runs.
 
 "Shape" is what our code relies on: the attribute exists, and a callable's parameters are the
-ones listed. ``verify()`` runs at start-up (``server/app.py``); ``tests/test_internals.py`` is
+ones listed. ``verify()`` runs at start-up (``server/app.py``, through ``verdict.py``, which reuses
+the image build's run while the files it read are unchanged); ``tests/test_internals.py`` is
 the contract test, and also pins a digest of each target's source, so a pin bump whose target
 changed at all fails there and points at the entry to re-read.
 

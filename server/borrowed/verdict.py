@@ -1,0 +1,149 @@
+"""The start-up check of ``internals.py``, made once where the packages are installed.
+
+``internals.verify()`` imports every module it names and reads their sources: ~0.1-0.15 s of
+each cold start, and the only reason GraphQL would be imported before the first ``/graphql``
+request. Its verdict depends only on the files it reads, so the image build (``Dockerfile``)
+makes it once, from the image's own files, and keeps it beside the packages::
+
+    python -m server.borrowed.verdict        # writes <venv>/mlflow-server-internals.json
+
+which fails (exit 1, the entries named) when a safety entry no longer fits: such an image is
+never built. At start ``verify()`` uses that verdict only if everything it was made from is
+unchanged: the list of entries, Python, the file each named module is found at, and the content
+(sha256) of those files, of the files defining each checked function or class and of the
+``RECORD`` of every distribution they come from (another version installed changes it).
+Otherwise, or without a stamp (a development venv), ``internals.verify()`` runs in full.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from server.borrowed import internals
+
+log = logging.getLogger("server.internals")
+
+STAMP = Path(sys.prefix) / "mlflow-server-internals.json"
+FORMAT = 1
+
+
+def verify(stamp: Path = STAMP, entries: tuple[internals.Entry, ...] = internals.ENTRIES) -> set[str]:
+    """``internals.verify(entries)``'s answer: from the stamp when it still holds, else computed."""
+    recorded, why_not = _read(stamp, entries)
+    if recorded is None:
+        (log.info if stamp.exists() else log.debug)("MLflow internals checked in full: %s", why_not)
+        return internals.verify(entries)
+    for name, problems in recorded.items():
+        log.warning("%s switched off, MLflow's own code runs instead: %s", name, problems)
+    log.debug("MLflow internals: the verdict in %s holds", stamp)
+    return set(recorded)
+
+
+def write(stamp: Path = STAMP, entries: tuple[internals.Entry, ...] = internals.ENTRIES) -> dict:
+    """Check every entry in full (``InternalsChangedError`` on a safety failure); keep the verdict."""
+    off_names = internals.verify(entries)  # raises for a safety entry
+    off = {e.name: "; ".join(e.problems()) for e in entries if e.name in off_names}
+    modules = {t.module: _module_file(t.module) for e in entries for t in e.targets}
+    files = set(modules.values()) | _defining_files(entries) | _records(modules)
+    verdict = {"format": FORMAT, "entries": _entries_digest(entries), "python": sys.version,
+               "modules": modules, "files": {f: _sha256(f) for f in sorted(files)}, "off": off}
+    partial = stamp.with_name(stamp.name + ".tmp")
+    partial.write_text(json.dumps(verdict, indent=1, sort_keys=True) + "\n")
+    os.replace(partial, stamp)
+    return verdict
+
+
+def _read(stamp: Path, entries) -> tuple[dict[str, str] | None, str]:
+    """(the speed entries recorded as off, "") when the stamp holds; (None, why) otherwise."""
+    try:
+        verdict = json.loads(stamp.read_text())
+    except FileNotFoundError:
+        return None, f"no stamp at {stamp}"
+    except (OSError, ValueError) as exc:
+        return None, f"{stamp} unreadable ({exc.__class__.__name__})"
+    if not isinstance(verdict, dict) or verdict.get("format") != FORMAT:
+        return None, f"{stamp} is of another format"
+    if verdict.get("entries") != _entries_digest(entries):
+        return None, "the list of entries changed since the stamp was made"
+    if verdict.get("python") != sys.version:
+        return None, "another Python"
+    for module, path in verdict.get("modules", {}).items():
+        try:
+            found = _module_file(module)
+        except ImportError:
+            found = None
+        if found != path:
+            return None, f"{module} is now found at {found}"
+    for path, digest in verdict.get("files", {}).items():
+        try:
+            now = _sha256(path)
+        except OSError:
+            now = None
+        if now != digest:
+            return None, f"{path} changed"
+    off = verdict.get("off")
+    if not isinstance(off, dict) or not verdict.get("modules") or not verdict.get("files"):
+        return None, f"{stamp} is incomplete"
+    return off, ""
+
+
+def _entries_digest(entries) -> str:
+    return hashlib.sha256(repr((internals.WRITTEN_FOR, entries)).encode()).hexdigest()
+
+
+def _module_file(module: str) -> str | None:
+    """The file ``module`` is (or would be) imported from; finding it imports only its parents."""
+    loaded = sys.modules.get(module)
+    if loaded is not None:
+        return getattr(loaded, "__file__", None)
+    spec = importlib.util.find_spec(module)
+    return spec.origin if spec is not None else None
+
+
+def _defining_files(entries) -> set[str]:
+    """Files defining the functions and classes checked, where they are not the named module."""
+    found = set()
+    for entry in entries:
+        for target in entry.targets:
+            obj = target.resolve()
+            for layer in (obj, inspect.unwrap(obj)) if callable(obj) else (obj,):
+                try:
+                    found.add(inspect.getsourcefile(layer))
+                except TypeError:
+                    pass  # a constant or an attribute descriptor: its module's file is kept already
+    return found - {None}
+
+
+def _records(modules: dict[str, str | None]) -> set[str]:
+    """The RECORD of each distribution providing one of ``modules``: another version changes it."""
+    providers = importlib.metadata.packages_distributions()
+    records = set()
+    for dist_name in {d for module in modules for d in providers.get(module.split(".")[0], ())}:
+        dist = importlib.metadata.distribution(dist_name)
+        for file in dist.files or ():
+            if file.name == "RECORD":
+                records.add(str(dist.locate_file(file)))
+    return records
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+if __name__ == "__main__":
+    try:
+        made = write()
+    except internals.InternalsChangedError as exc:
+        print(f"MLflow internals: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"MLflow internals verified: {len(made['files'])} files, {len(made['off'])} speed entries off; "
+          f"verdict kept in {STAMP}")
