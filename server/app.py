@@ -225,21 +225,19 @@ def _iap(settings: config.Settings, workspaces_on: bool) -> IapVerifier | None:
 
 
 def _settle_mlflow_auth_module() -> None:
-    """Import MLflow's own basic-auth app once, here, or mark it absent for good.
+    """Mark MLflow's own basic-auth app absent for good: our gate replaces it.
 
     ``search_runs`` imports ``mlflow.server.auth`` on every call to ask whether MLflow's auth app
-    filters experiments. Without Flask-WTF (which we do not install: our gate replaces that app)
-    the import fails after running ~480 lines of the module each time (1.6 ms a call), and under
-    concurrent searches a thread can get the half-initialised module: a 500 with
-    ``AttributeError: ... has no attribute 'auth_config'`` (seen under 16 clients). ``None`` in
-    ``sys.modules`` makes that import fail at once, always, with the ImportError MLflow handles.
+    filters experiments. Without Flask-WTF (which we do not install) the import fails after
+    running ~480 lines of the module each time (1.6 ms a call), and under concurrent searches a
+    thread can get the half-initialised module: a 500 with ``AttributeError: ... has no attribute
+    'auth_config'`` (seen under 16 clients). ``None`` in ``sys.modules`` makes that import fail at
+    once, always, with the ImportError MLflow handles; set without trying the import, which would
+    load its ORM models (~12 ms of the cold start) only to fail.
     """
     import sys
 
-    try:
-        import mlflow.server.auth  # noqa: F401
-    except ImportError:
-        sys.modules["mlflow.server.auth"] = None
+    sys.modules["mlflow.server.auth"] = None
 
 
 def _share_connection_pool() -> None:
