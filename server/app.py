@@ -62,6 +62,10 @@ def create_app(settings: config.Settings):
     job_credential = job_runner.internal_credential() if settings.job_execution else None
     logs.install_redaction(settings.secret_values + ((job_credential[1],) if job_credential else ()))
     mlflow_env.apply(settings)
+    from server.borrowed import internals, url_builders
+
+    # before MLflow's Flask app adds its routes; off (werkzeug's own) if its entry no longer fits
+    url_builders.install(not internals.entry(internals.URL_BUILDERS).problems())
     import mlflow  # noqa: F401 - configures MLflow's own log handler, which we then make JSON
 
     logs.configure_python_logging(settings.log_level)
@@ -79,7 +83,6 @@ def create_app(settings: config.Settings):
         chart_samples,
         closing_commit,
         field_aliases,
-        internals,
         json_responses,
         metric_history,
         metric_names,
