@@ -34,12 +34,14 @@ SHIPPED_VENV = ROOT / ".venv-server"
 
 @functools.cache
 def shipped_python() -> str:
-    """The image lock's python, the venv made (a minute) or checked once per process, with the
-    internals verdict the image build makes (server/borrowed/verdict.py), so ours starts as the
-    image does."""
+    """The image lock's python, the venv made (a minute) or checked once per process, with our
+    package's bytecode and the internals verdict the image build makes (server/borrowed/verdict.py),
+    so ours starts as the image does."""
     subprocess.run([str(ROOT / "scripts" / "setup-venv.sh")], check=True,
                    env={**os.environ, "VENV": str(SHIPPED_VENV), "RUNTIME_ONLY": "1"})
     python = str(SHIPPED_VENV / "bin" / "python")
+    # our package's bytecode, as the image compiles it (the servers run with PYTHONDONTWRITEBYTECODE)
+    subprocess.run([python, "-m", "compileall", "-q", str(ROOT / "server")], check=True, stdout=subprocess.DEVNULL)
     subprocess.run([python, "-W", "ignore", "-m", "server.borrowed.verdict"], check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL,
                    env={**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"})
