@@ -84,23 +84,19 @@ def test_without_a_stamp_the_check_runs_in_full(pkg, tmp_path):
     assert imported_heavy(pkg)
 
 
-def test_a_changed_safety_target_stops_the_start_although_the_stamp_said_it_fit(pkg, tmp_path):
+@pytest.mark.parametrize(("file", "source", "refusal"), [
+    ("mod.py", MOD.replace("alpha, beta", "alpha, beta, gamma=None"), r"vpkg.mod:checked now takes"),
+    ("heavy.py", HEAVY.replace('"read only"', '"reads and writes"'), "SCHEMA is now 'reads and writes'"),
+], ids=["a function's parameters", "a constant"])
+def test_a_changed_safety_target_stops_the_start_although_the_stamp_said_it_fit(pkg, tmp_path, file, source,
+                                                                              refusal):
     stamp = tmp_path / "verdict.json"
     verdict.write(stamp, entries())
     forget_imports(pkg)
-    (pkg / "mod.py").write_text(MOD.replace("alpha, beta", "alpha, beta, gamma=None"))
-    with pytest.raises(internals.InternalsChangedError, match="checked call"):
+    (pkg / file).write_text(source)
+    with pytest.raises(internals.InternalsChangedError, match=refusal):
         verdict.verify(stamp, entries())
-    assert verdict._read(stamp, entries())[1] == f"{pkg / 'mod.py'} changed"
-
-
-def test_a_change_in_a_checked_constant_is_found(pkg, tmp_path):
-    stamp = tmp_path / "verdict.json"
-    verdict.write(stamp, entries())
-    forget_imports(pkg)
-    (pkg / "heavy.py").write_text(HEAVY.replace('"read only"', '"reads and writes"'))
-    with pytest.raises(internals.InternalsChangedError, match="SCHEMA is now 'reads and writes'"):
-        verdict.verify(stamp, entries())
+    assert verdict._read(stamp, entries())[1] == f"{pkg / file} changed"
 
 
 def test_a_speed_entry_off_at_build_stays_off_with_its_warning(pkg, tmp_path, caplog):
