@@ -150,10 +150,12 @@ def test_a_stamp_that_cannot_be_used_is_checked_in_full(pkg, tmp_path, text):
     assert imported_heavy(pkg)
 
 
-def test_a_stamp_without_its_file_list_is_not_trusted(pkg, tmp_path):
+@pytest.mark.parametrize("damage", [{"files": {}, "modules": {}}, {"modules": ["vpkg.mod"]}, {"off": None}],
+                         ids=["empty lists", "a list for a mapping", "no verdict"])
+def test_a_stamp_without_its_file_list_is_not_trusted(pkg, tmp_path, damage):
     stamp = tmp_path / "verdict.json"
     made = verdict.write(stamp, entries())
-    stamp.write_text(json.dumps({**made, "files": {}, "modules": {}}))
+    stamp.write_text(json.dumps({**made, **damage}))
     forget_imports(pkg)
     assert verdict._read(stamp, entries())[0] is None
     verdict.verify(stamp, entries())

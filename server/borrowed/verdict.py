@@ -75,23 +75,23 @@ def _read(stamp: Path, entries) -> tuple[dict[str, str] | None, str]:
         return None, "the list of entries changed since the stamp was made"
     if verdict.get("python") != sys.version:
         return None, "another Python"
-    for module, path in verdict.get("modules", {}).items():
+    modules, files, off = verdict.get("modules"), verdict.get("files"), verdict.get("off")
+    if not (isinstance(modules, dict) and modules and isinstance(files, dict) and files and isinstance(off, dict)):
+        return None, f"{stamp} is incomplete"
+    for module, path in modules.items():
         try:
             found = _module_file(module)
         except Exception:  # noqa: BLE001 - a parent that fails to import: the full check reports it
             found = None
         if found != path:
             return None, f"{module} is now found at {found}"
-    for path, digest in verdict.get("files", {}).items():
+    for path, digest in files.items():
         try:
             now = _sha256(path)
         except OSError:
             now = None
         if now != digest:
             return None, f"{path} changed"
-    off = verdict.get("off")
-    if not isinstance(off, dict) or not verdict.get("modules") or not verdict.get("files"):
-        return None, f"{stamp} is incomplete"
     return off, ""
 
 
