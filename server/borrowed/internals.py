@@ -542,7 +542,12 @@ def verify(entries: tuple[Entry, ...] = ENTRIES) -> set[str]:
 
     Raises InternalsChangedError when a safety entry no longer fits.
     """
-    off, fatal = set(), []
+    return set(switched_off(entries))
+
+
+def switched_off(entries: tuple[Entry, ...] = ENTRIES) -> dict[str, str]:
+    """``verify()`` with each speed entry left off mapped to its problems (what a warning says)."""
+    off, fatal = {}, []
     for entry in entries:
         problems = entry.problems()
         if not problems:
@@ -550,10 +555,17 @@ def verify(entries: tuple[Entry, ...] = ENTRIES) -> set[str]:
         if entry.kind == "safety":
             fatal.append(f"{entry.name} ({entry.used_by}): " + "; ".join(problems))
         else:
-            off.add(entry.name)
-            log.warning("%s switched off, MLflow's own code runs instead: %s", entry.name, "; ".join(problems))
+            off[entry.name] = "; ".join(problems)
+    warn_off(off)
     if fatal:
         raise InternalsChangedError(
             "this server was written for " + ", ".join(f"{k} {v}" for k, v in WRITTEN_FOR.items())
             + "; what it relies on has changed, see server/borrowed/internals.py:\n  " + "\n  ".join(fatal))
     return off
+
+
+def warn_off(off: dict[str, str]) -> set[str]:
+    """Log each speed entry left off, with why; return their names."""
+    for name, problems in off.items():
+        log.warning("%s switched off, MLflow's own code runs instead: %s", name, problems)
+    return set(off)

@@ -41,16 +41,13 @@ def verify(stamp: Path = STAMP, entries: tuple[internals.Entry, ...] = internals
     if recorded is None:
         (log.info if stamp.exists() else log.debug)("MLflow internals checked in full: %s", why_not)
         return internals.verify(entries)
-    for name, problems in recorded.items():
-        log.warning("%s switched off, MLflow's own code runs instead: %s", name, problems)
     log.debug("MLflow internals: the verdict in %s holds", stamp)
-    return set(recorded)
+    return internals.warn_off(recorded)
 
 
 def write(stamp: Path = STAMP, entries: tuple[internals.Entry, ...] = internals.ENTRIES) -> dict:
     """Check every entry in full (``InternalsChangedError`` on a safety failure); keep the verdict."""
-    off_names = internals.verify(entries)  # raises for a safety entry
-    off = {e.name: "; ".join(e.problems()) for e in entries if e.name in off_names}
+    off = internals.switched_off(entries)  # raises for a safety entry
     modules = {t.module: _module_file(t.module) for e in entries for t in e.targets}
     files = set(modules.values()) | _defining_files(entries) | _records(modules)
     verdict = {"format": FORMAT, "entries": _entries_digest(entries), "python": sys.version,
