@@ -62,15 +62,18 @@ def create_app(settings: config.Settings):
     job_credential = job_runner.internal_credential() if settings.job_execution else None
     logs.install_redaction(settings.secret_values + ((job_credential[1],) if job_credential else ()))
     mlflow_env.apply(settings)
-    from server.borrowed import internals, url_builders
-
-    # before MLflow's Flask app adds its routes; off (werkzeug's own) if its entry no longer fits
-    url_builders.install(not internals.entry(internals.URL_BUILDERS).problems())
     import mlflow  # noqa: F401 - configures MLflow's own log handler, which we then make JSON
+
+    from server.borrowed import internals, url_builders, verdict
 
     logs.configure_python_logging(settings.log_level)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    # refuses to start if a safety patch's target changed; the image build's verdict, while it
+    # holds, is read without importing MLflow's Flask app, so the URL builders' patch is in
+    # before that app adds its routes (after the full check, which imports it, it changes nothing)
+    speed_patches_off = verdict.verify()
+    url_builders.install(internals.URL_BUILDERS not in speed_patches_off)
     _migrate(settings)
 
     from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
@@ -92,11 +95,8 @@ def create_app(settings: config.Settings):
         runs_by_metric,
         search_runs_json,
         unparsed_bodies,
-        verdict,
     )
 
-    # refuses to start if a safety patch's target changed (the image build's verdict, while it holds)
-    speed_patches_off = verdict.verify()
     _settle_mlflow_auth_module()
     artifact_streaming.install()  # before any artifact repository is created
     if internals.COMPACT_JSON not in speed_patches_off:

@@ -533,9 +533,6 @@ ENTRIES: tuple[Entry, ...] = (
            Target("mlflow.entities.metric", "Metric.to_proto", contains="if self.dataset_digest:"))),
 )
 
-def entry(name: str) -> Entry:
-    return next(e for e in ENTRIES if e.name == name)
-
 
 def verify(entries: tuple[Entry, ...] = ENTRIES) -> set[str]:
     """Check every entry; return the names of the speed entries to leave off.

@@ -9,7 +9,7 @@ place on the rule, so route matching is untouched and a URL built is the one wer
 Written for werkzeug 3.1.9: ``Rule.compile`` binds ``_compile_builder(False)`` and
 ``_compile_builder(True)`` to the rule as ``_build`` and ``_build_unknown``, which ``Rule.build``
 calls with keyword arguments only (``server/borrowed/internals.py``, "URL builders on first use").
-Installed before MLflow's Flask app is imported; if that entry does not fit, it is not installed.
+Installed before MLflow's Flask app is imported (``server/app.py``); not if that entry is off.
 """
 
 from __future__ import annotations

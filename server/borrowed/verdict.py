@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import importlib.util
 import inspect
 import json
 import logging
@@ -78,7 +77,7 @@ def _read(stamp: Path, entries) -> tuple[dict[str, str] | None, str]:
     for module, path in modules.items():
         try:
             found = _module_file(module)
-        except Exception:  # noqa: BLE001 - a parent that fails to import: the full check reports it
+        except Exception:  # noqa: BLE001 - a finder that fails: the full check reports what is wrong
             found = None
         if found != path:
             return None, f"{module} is now found at {found}"
@@ -97,12 +96,32 @@ def _entries_digest(entries) -> str:
 
 
 def _module_file(module: str) -> str | None:
-    """The file ``module`` is (or would be) imported from; finding it imports only its parents."""
-    loaded = sys.modules.get(module)
-    if loaded is not None:
-        return getattr(loaded, "__file__", None)
-    spec = importlib.util.find_spec(module)
-    return spec.origin if spec is not None else None
+    """The file ``module`` is, or would be, imported from, found as the import system finds it
+    (each finder of ``sys.meta_path``, in a loaded parent's ``__path__``) but without importing
+    anything: the stamp is read before MLflow's Flask app is imported (``server/app.py``)."""
+    parts = module.split(".")
+    search = None  # sys.path, for a top-level name
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        found = sys.modules.get(name)
+        if found is None:
+            found = _spec(name, search)
+            if found is None:
+                return None
+            file, search = found.origin, found.submodule_search_locations
+        else:
+            file, search = getattr(found, "__file__", None), getattr(found, "__path__", None)
+        if depth < len(parts) and search is None:
+            return None  # a parent that is not a package
+    return file
+
+
+def _spec(name: str, search):
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is not None and (spec := find_spec(name, search, None)) is not None:
+            return spec
+    return None
 
 
 def _defining_files(entries) -> set[str]:
