@@ -40,11 +40,7 @@ def shipped_python() -> str:
     subprocess.run([str(ROOT / "scripts" / "setup-venv.sh")], check=True,
                    env={**os.environ, "VENV": str(SHIPPED_VENV), "RUNTIME_ONLY": "1"})
     python = str(SHIPPED_VENV / "bin" / "python")
-    # our package's bytecode, as the image compiles it (the servers run with PYTHONDONTWRITEBYTECODE)
-    subprocess.run([python, "-m", "compileall", "-q", str(ROOT / "server")], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([python, "-W", "ignore", "-m", "server.borrowed.verdict"], check=True, cwd=ROOT,
-                   stdout=subprocess.DEVNULL,
-                   env={**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"})
+    subprocess.run([str(ROOT / "scripts" / "as-built.sh"), python], check=True)
     return python
 
 

@@ -6,9 +6,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/setup-venv.sh
 .venv/bin/ruff check server tests bench scripts
-# our package's bytecode, as the image compiles it (servers run with PYTHONDONTWRITEBYTECODE)
-.venv/bin/python -m compileall -q server >/dev/null
-# the internals verdict the image build makes (server/borrowed/verdict.py): the servers under
-# test start from it, as the image's do
-PYTHONPATH=. MLFLOW_DISABLE_TELEMETRY=true .venv/bin/python -W ignore -m server.borrowed.verdict >/dev/null
+# the servers under test start as the image's do (bytecode, internals verdict)
+scripts/as-built.sh .venv/bin/python
 exec .venv/bin/python -m pytest "$@"
