@@ -18,7 +18,7 @@ import os
 from server import config
 from server.borrowed import mlflow_env
 from server.borrowed.migrate import ensure_schema
-from server.borrowed.native_routes import NativeRoutes, leaves
+from server.borrowed.native_routes import NativeRoutes
 from server.borrowed.ui_compat import UiCompat
 from server.gate import account, workspace_views
 from server.gate.account import AccountRoutes
@@ -72,7 +72,8 @@ def create_app(settings: config.Settings):
     # refuses to start if a safety patch's target changed; the image build's verdict, while it
     # holds, is read without importing MLflow's Flask app, so the URL builders' patch is in
     # before that app adds its routes (after the full check, which imports it, it changes nothing)
-    speed_patches_off = verdict.verify()
+    checked = verdict.verify()
+    speed_patches_off = checked.off
     url_builders.install(internals.URL_BUILDERS not in speed_patches_off)
     _migrate(settings)
 
@@ -141,7 +142,8 @@ def create_app(settings: config.Settings):
     experiment_guard.install(handlers._tracking_store, settings.default_artifact_root)
     write_once.install(settings)  # existing artifacts and registered models' files: admins only
     flask_side = UiCompat(mlflow_app.wsgi_app)
-    native = NativeRoutes.from_mlflow(flask_side, mlflow_app)
+    # with the build's record of its routes, MLflow's FastAPI app is built on first use
+    native = NativeRoutes.from_mlflow(flask_side, mlflow_app, checked.native_routes)
     app = RouteGuard(
         native,
         enable_webhooks=settings.enable_webhooks,
@@ -179,7 +181,7 @@ def create_app(settings: config.Settings):
 
 
 def _route_access(mlflow_app, native: NativeRoutes) -> RouteAccess:
-    access = RouteAccess(mlflow_app, list(leaves(native.routes)))
+    access = RouteAccess(mlflow_app, native.table)
     if access.unclassified:
         log.warning("%d route(s) of MLflow are not in server/gate/route_access.py's table; they count as writes: %s",
                     len(access.unclassified), ", ".join(f"{m} {p}" for m, p in access.unclassified))
@@ -196,7 +198,7 @@ def _workspace_gate(app, settings: config.Settings, mlflow_app, native: NativeRo
         workspace_views.log_unknown(named, _tracking_engine())  # then disposed: the master serves nothing
     if enabled:
         workspace_views.install(mlflow_app)
-    return WorkspaceGate(app, scopes(mlflow_app, list(leaves(native.routes))), enabled,
+    return WorkspaceGate(app, scopes(mlflow_app, native.table), enabled,
                          account_paths=account.CURRENT | account.PERMISSIONS | account.ROLES_LIST)
 
 

@@ -1,28 +1,38 @@
 """Which requests server/borrowed/native_routes.py hands to MLflow's FastAPI app, decided in-process
-against MLflow's real app (the end-to-end answers are in tests/test_parity.py)."""
+against MLflow's real app (the end-to-end answers are in tests/test_parity.py), both with the app
+built at start and with it built on first use from the build's record of its routes."""
 
 from __future__ import annotations
 
 import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
-from server.borrowed.native_routes import NativeRoutes, native_routes, route_table
+from server.borrowed.native_routes import NativeRoutes, RoutesChangedError, mlflow_table
+from tests.services import ROOT
 
 
-@pytest.fixture(scope="module")
-def routes():
+def flask_side(environ, start_response):
+    start_response("299 Flask", [])
+    return [b"flask"]
+
+
+@pytest.fixture(scope="module", params=["built at start", "built on first use"])
+def routes(request):
     from mlflow.server import app as flask_app
 
-    def flask_side(environ, start_response):
-        start_response("299 Flask", [])
-        return [b"flask"]
-
-    return NativeRoutes.from_mlflow(flask_side, flask_app)
+    recorded = json.loads(json.dumps(mlflow_table())) if request.param == "built on first use" else None
+    return NativeRoutes.from_mlflow(flask_side, flask_app, recorded)
 
 
 def test_the_74_routes_only_fastapi_serves(routes):
-    table = route_table(native_routes(routes.fastapi_app))
+    table = [(method, path) for path, methods in routes.table for method in methods]
     assert len(table) == 74
     assert ("POST", "/v1/traces") in table and ("POST", "/ajax-api/3.0/jobs/search") in table
     # what Flask serves itself stays with Flask
@@ -66,3 +76,47 @@ def test_an_unsized_body_larger_than_the_bound_is_refused_before_fastapi(routes,
                "wsgi.input_terminated": True}
     status, body = _call(routes, environ)
     assert status.startswith("413") and b"larger than 1024 bytes" in body
+
+
+def _json_call(app, method: str, path: str, body: bytes = b""):
+    environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "localhost",
+               "SERVER_PORT": "80", "HTTP_HOST": "localhost", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+               "REMOTE_ADDR": "127.0.0.1", "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+               "wsgi.input": io.BytesIO(body), "wsgi.errors": sys.stderr}
+    return _call(app, environ)
+
+
+def test_with_the_record_fastapi_is_imported_by_the_first_request_it_serves():
+    """A fresh process: routing to Flask leaves MLflow's FastAPI app unimported; the first request
+    to one of its routes builds it and is answered by it (its own 422 for a body that is no JSON)."""
+    script = textwrap.dedent("""
+        import json, sys
+        from server.borrowed.native_routes import NativeRoutes
+        from mlflow.server import app as flask_app
+        from tests.test_native_routes import _json_call, flask_side
+        recorded = json.loads(sys.stdin.read())
+        native = NativeRoutes.from_mlflow(flask_side, flask_app, recorded)
+        answers = [_json_call(native, "GET", "/api/2.0/mlflow/experiments/search")[0],
+                   "mlflow.server.fastapi_app" in sys.modules]
+        status, body = _json_call(native, "POST", "/ajax-api/3.0/jobs/search", b"{not json")
+        answers += [status, json.loads(body)["detail"][0]["type"], "mlflow.server.fastapi_app" in sys.modules]
+        print(json.dumps(answers))
+    """)
+    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], input=json.dumps(mlflow_table()),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == [
+        "299 Flask", False, "422 Unprocessable Entity", "json_invalid", True]
+
+
+def test_an_app_without_the_recorded_routes_serves_none_of_them(caplog):
+    from mlflow.server import app as flask_app
+
+    recorded = [*mlflow_table(), ("/v1/recorded-only", ("POST",))]
+    native = NativeRoutes.from_mlflow(flask_side, flask_app, recorded)
+    assert native.handles("POST", "/v1/recorded-only")
+    with caplog.at_level(logging.ERROR, logger="server.native_routes"), pytest.raises(RoutesChangedError):
+        _json_call(native, "POST", "/v1/traces")
+    assert "missing [('/v1/recorded-only', ('POST',))]" in caplog.text
+    assert _json_call(native, "GET", "/health") == ("299 Flask", b"flask")  # Flask's routes still answer

@@ -51,12 +51,11 @@ def test_iap_roles_per_workspace_by_email_then_domain_then_anyone():
 @pytest.fixture(scope="module")
 def scopes():
     from mlflow.server import app as mlflow_app
-    from mlflow.server.fastapi_app import create_fastapi_app
 
-    from server.borrowed.native_routes import leaves, native_routes
+    from server.borrowed.native_routes import mlflow_table
     from server.gate.route_access import scopes
 
-    return scopes(mlflow_app, list(leaves(native_routes(create_fastapi_app(mlflow_app)))))
+    return scopes(mlflow_app, mlflow_table())
 
 
 def decide(gate_scopes, grants, path, method="GET", workspace=None, enabled=True):

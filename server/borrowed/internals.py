@@ -37,6 +37,7 @@ ARTIFACT_ROOT_ENV_VAR = "_MLFLOW_SERVER_ARTIFACT_ROOT"
 SERVE_ARTIFACTS_ENV_VAR = "_MLFLOW_SERVER_SERVE_ARTIFACTS"
 ARTIFACTS_DESTINATION_ENV_VAR = "_MLFLOW_SERVER_ARTIFACT_DESTINATION"
 HUEY_STORAGE_PATH_ENV_VAR = "_MLFLOW_HUEY_STORAGE_PATH"
+STATIC_PREFIX_ENV_VAR = "_MLFLOW_STATIC_PREFIX"  # prefixes every route's path, Flask's and FastAPI's
 
 
 # the speed entries, by the names create_app asks verify() about
@@ -197,9 +198,18 @@ ENTRIES: tuple[Entry, ...] = (
                   contains='value=self.value if not self.is_nan else float("nan")'),
            Target("mlflow.utils.search_utils", "SearchUtils.parse_start_offset_from_page_token"),
            Target("mlflow.utils.search_utils", "SearchUtils.create_page_token"))),
-    Entry("FastAPI-only routes", "safety", "server/borrowed/native_routes.py",
-          "MLflow's FastAPI app (OTLP traces, jobs, gateway, MCP registry, assistant) behind our gate",
+    Entry("FastAPI-only routes", "safety", "server/borrowed/native_routes.py, server/borrowed/verdict.py",
+          "MLflow's FastAPI app (OTLP traces, jobs, gateway, MCP registry, assistant) behind our gate; the "
+          "build records its routes (each router's module is named so that its file is in the record's "
+          "digests) and the app is built on first use",
           (Target("mlflow.server.fastapi_app", "create_fastapi_app", params=("flask_app",)),
+           Target("mlflow.server.otel_api", "otel_router"),
+           Target("mlflow.server.job_api", "job_api_router"),
+           Target("mlflow.server.gateway_api", "gateway_router"),
+           Target("mlflow.server.assistant.api", "assistant_router"),
+           Target("mlflow.server.mcp_server_api", "mcp_server_router"),
+           Target("mlflow.server.mcp_server_api", "get_mcp_server_api_route_prefixes", params=()),
+           Target(H, "STATIC_PREFIX_ENV_VAR", value=STATIC_PREFIX_ENV_VAR),
            Target("mlflow.server.artifact_router", "artifact_router"),
            Target("mlflow.server.server_info_api", "server_info_router"),
            Target("fastapi.routing", "_RouterIncludeContext"))),

@@ -15,12 +15,21 @@ Two of MLflow's routers are left to Flask, which serves the same paths: the arti
 router (``/health``, ``server-info``).
 
 Which requests go to FastAPI is decided the way Starlette decides it: a request goes there when
-one of those routers matches its method and path fully; a path that matches with another
-method falls through to Flask, as under ``mlflow server`` (its Flask mount catches it).
+one of those routers matches its method and path fully (the path against Starlette's own
+``compile_path`` pattern of the route); a path that matches with another method falls through
+to Flask, as under ``mlflow server`` (its Flask mount catches it).
+
+That decision needs only the routes' table, (path, methods) of each. Importing MLflow's FastAPI
+app costs ~0.2 s and ~16 MB (aiohttp, the assistant's providers, the MCP registry's pydantic
+models) of every start, for routes most deployments rarely call, so the image build records the
+table (``server/borrowed/verdict.py``) and, while that record holds, each worker builds the app
+on its first request to one of them (as MLflow loads GraphQL on its first ``/graphql``). The
+app built then must have the recorded table, or those routes answer 500 and say why.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
@@ -33,6 +42,15 @@ MAX_UNSIZED_BODY = 32 * 1024 * 1024
 # Routers of MLflow's FastAPI app whose paths the Flask app serves itself.
 LEFT_TO_FLASK = ("mlflow.server.artifact_router", "mlflow.server.server_info_api")
 
+log = logging.getLogger("server.native_routes")
+
+# (full path, methods) of each route FastAPI serves; a JSON-friendly value the build can record
+Table = list[tuple[str, tuple[str, ...]]]
+
+
+class RoutesChangedError(RuntimeError):
+    """The FastAPI app built on first use lacks the routes the gate was set up with."""
+
 
 def route_prefix(path: str) -> str:
     """The literal start of a route's path, before its first variable."""
@@ -42,35 +60,38 @@ def route_prefix(path: str) -> str:
 class NativeRoutes:
     """Args:
     app: the WSGI app (MLflow's Flask app and our layers) for every other request.
-    fastapi_app: MLflow's FastAPI app, as ``create_fastapi_app`` builds it.
-    routes: the routes of ``fastapi_app`` to serve through it (Starlette ``BaseRoute`` objects).
+    flask_app: MLflow's Flask app, which ``create_fastapi_app`` mounts under its routers.
+    table: (full path, methods) of each route to serve through MLflow's FastAPI app.
+    fastapi_app: that app, when already built; None: built in each process on first use, and
+        checked to have ``table``.
     """
 
-    def __init__(self, app: Callable, fastapi_app, routes: list):
+    def __init__(self, app: Callable, flask_app, table: Table, fastapi_app=None):
+        from starlette.routing import compile_path
+
         self.app = app
+        self.flask_app = flask_app
+        self.table = [(path, tuple(methods)) for path, methods in table]
         self.fastapi_app = fastapi_app
-        self.routes = routes
         # a cheap first test on every request: the literal start of each route's path
-        self._prefixes = tuple(sorted({route_prefix(p) for p in route_paths(routes)}))
+        self._prefixes = tuple(sorted({route_prefix(path) for path, _ in self.table}))
+        self._patterns = [(compile_path(path)[0], frozenset(methods)) for path, methods in self.table]
         self._bridge = None
         self._bridge_pid = None
         self._lock = threading.Lock()
 
     @classmethod
-    def from_mlflow(cls, app: Callable, flask_app) -> NativeRoutes:
-        from mlflow.server.fastapi_app import create_fastapi_app
-
-        fastapi_app = create_fastapi_app(flask_app)
-        return cls(app, fastapi_app, native_routes(fastapi_app))
+    def from_mlflow(cls, app: Callable, flask_app, recorded: Table | None = None) -> NativeRoutes:
+        """With ``recorded`` (the build's table), MLflow's FastAPI app waits for its first request."""
+        if recorded is not None:
+            return cls(app, flask_app, recorded)
+        fastapi_app = _build(flask_app)
+        return cls(app, flask_app, table_of(fastapi_app), fastapi_app)
 
     def handles(self, method: str, path: str) -> bool:
         if not path.startswith(self._prefixes):
             return False
-        from starlette.routing import Match
-
-        scope = {"type": "http", "method": method, "path": path, "root_path": "", "headers": [],
-                 "query_string": b""}
-        return any(route.matches(scope)[0] == Match.FULL for route in self.routes)
+        return any(method in methods and pattern.match(path) for pattern, methods in self._patterns)
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.handles(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")):
@@ -91,9 +112,42 @@ class NativeRoutes:
                 if self._bridge_pid != pid:
                     from a2wsgi import ASGIMiddleware
 
-                    self._bridge = ASGIMiddleware(self.fastapi_app)
+                    self._bridge = ASGIMiddleware(self._fastapi_app())
                     self._bridge_pid = pid
         return self._bridge
+
+    def _fastapi_app(self):
+        if self.fastapi_app is None:
+            built = _build(self.flask_app)
+            if (found := table_of(built)) != self.table:
+                missing, extra = sorted(set(self.table) - set(found)), sorted(set(found) - set(self.table))
+                log.error("MLflow's FastAPI app does not have the routes recorded at build: missing %s, "
+                          "unrecorded %s; its routes answer 500 until the verdict is made again "
+                          "(python -m server.borrowed.verdict)", missing, extra)
+                raise RoutesChangedError("MLflow's FastAPI routes differ from the build's record")
+            self.fastapi_app = built
+            log.info("MLflow's FastAPI app built on its first request (pid %d)", os.getpid())
+        return self.fastapi_app
+
+
+def _build(flask_app):
+    from mlflow.server.fastapi_app import create_fastapi_app
+
+    return create_fastapi_app(flask_app)
+
+
+def table_of(fastapi_app) -> Table:
+    """(full path, sorted methods) of each route of ``fastapi_app`` that Flask does not serve;
+    a route without methods (a websocket) never matches an HTTP request and is left out."""
+    return [(path, tuple(sorted(leaf.methods))) for path, leaf in leaves(native_routes(fastapi_app))
+            if getattr(leaf, "methods", None)]
+
+
+def mlflow_table() -> Table:
+    """The table of MLflow's own FastAPI app, as ``mlflow server`` builds it (the build records it)."""
+    from mlflow.server import app as flask_app
+
+    return table_of(_build(flask_app))
 
 
 def native_routes(fastapi_app) -> list:
@@ -117,13 +171,3 @@ def leaves(routes: list, prefix: str = ""):
         else:
             include = getattr(getattr(route, "include_context", None), "prefix", "") or ""
             yield from leaves(original.routes, prefix + include)
-
-
-def route_paths(routes: list) -> list[str]:
-    """Every full path (with the include prefix) of these routes."""
-    return [path for path, _ in leaves(routes)]
-
-
-def route_table(routes: list) -> list[tuple[str, str]]:
-    """(method, path) of every route (the tests count and check them)."""
-    return [(method, path) for path, leaf in leaves(routes) for method in sorted(getattr(leaf, "methods", None) or ())]

@@ -8,11 +8,16 @@ makes it once, from the image's own files, and keeps it beside the packages::
     python -m server.borrowed.verdict        # writes <venv>/mlflow-server-internals.json
 
 which fails (exit 1, the entries named) when a safety entry no longer fits: such an image is
-never built. At start ``verify()`` uses that verdict only if everything it was made from is
-unchanged: the list of entries, Python, the file each named module is found at, and the content
-(sha256) of those files, of the files defining each checked function or class and of the
-``RECORD`` of every distribution they come from (another version installed changes it).
-Otherwise, or without a stamp (a development venv), ``internals.verify()`` runs in full.
+never built. The build also records the routes only MLflow's FastAPI app serves, so a start
+that has the record leaves building that app to its first request (``native_routes.py``);
+the record is for the static prefix set at the build (none, in the image).
+
+At start ``verify()`` uses that verdict only if everything it was made from is unchanged: the
+list of entries, Python, the file each named module is found at, and the content (sha256) of
+those files, of the files defining each checked function or class and of the ``RECORD`` of
+every distribution they come from (another version installed changes it). Otherwise, or
+without a stamp (a development venv), ``internals.verify()`` runs in full and the FastAPI app
+is built at start.
 """
 
 from __future__ import annotations
@@ -24,41 +29,56 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from server.borrowed import internals
+from server.borrowed.native_routes import Table, mlflow_table
 
 log = logging.getLogger("server.internals")
 
 STAMP = Path(sys.prefix) / "mlflow-server-internals.json"
-FORMAT = 1
+FORMAT = 2
 
 
-def verify(stamp: Path = STAMP, entries: tuple[internals.Entry, ...] = internals.ENTRIES) -> set[str]:
+class Verdict(NamedTuple):
+    off: set[str]  # the speed entries left off
+    native_routes: Table | None  # the FastAPI-only routes as the build recorded them; None: not known
+
+
+def verify(stamp: Path = STAMP, entries: tuple[internals.Entry, ...] = internals.ENTRIES) -> Verdict:
     """``internals.verify(entries)``'s answer: from the stamp when it still holds, else computed."""
     recorded, why_not = _read(stamp, entries)
     if recorded is None:
         (log.info if stamp.exists() else log.debug)("MLflow internals checked in full: %s", why_not)
-        return internals.verify(entries)
+        return Verdict(internals.verify(entries), None)
     log.debug("MLflow internals: the verdict in %s holds", stamp)
-    return internals.warn_off(recorded)
+    routes = recorded["native_routes"]
+    if routes is not None and recorded["static_prefix"] != _static_prefix():
+        log.info("MLflow's FastAPI app is built at start: the static prefix is not the build's")
+        routes = None
+    return Verdict(internals.warn_off(recorded["off"]), routes)
 
 
-def write(stamp: Path = STAMP, entries: tuple[internals.Entry, ...] = internals.ENTRIES) -> dict:
-    """Check every entry in full (``InternalsChangedError`` on a safety failure); keep the verdict."""
+def write(stamp: Path = STAMP, entries: tuple[internals.Entry, ...] = internals.ENTRIES,
+          routes: Callable[[], Table] | None = mlflow_table) -> dict:
+    """Check every entry in full (``InternalsChangedError`` on a safety failure); keep the verdict,
+    with ``routes()``, the FastAPI-only routes (None: none recorded)."""
     off = internals.switched_off(entries)  # raises for a safety entry
     modules = {t.module: _module_file(t.module) for e in entries for t in e.targets}
     files = set(modules.values()) | _defining_files(entries) | _records(modules)
     verdict = {"format": FORMAT, "entries": _entries_digest(entries), "python": sys.version,
-               "modules": modules, "files": {f: _sha256(f) for f in sorted(files)}, "off": off}
+               "modules": modules, "files": {f: _sha256(f) for f in sorted(files)}, "off": off,
+               "native_routes": routes() if routes else None, "static_prefix": _static_prefix()}
     partial = stamp.with_name(stamp.name + ".tmp")
     partial.write_text(json.dumps(verdict, indent=1, sort_keys=True) + "\n")
     os.replace(partial, stamp)
     return verdict
 
 
-def _read(stamp: Path, entries) -> tuple[dict[str, str] | None, str]:
-    """(the speed entries recorded as off, "") when the stamp holds; (None, why) otherwise."""
+def _read(stamp: Path, entries) -> tuple[dict | None, str]:
+    """(the stamp's verdict, "") when it holds; (None, why) otherwise."""
     try:
         verdict = json.loads(stamp.read_text())
     except FileNotFoundError:
@@ -72,7 +92,8 @@ def _read(stamp: Path, entries) -> tuple[dict[str, str] | None, str]:
     if verdict.get("python") != sys.version:
         return None, "another Python"
     modules, files, off = verdict.get("modules"), verdict.get("files"), verdict.get("off")
-    if not (isinstance(modules, dict) and modules and isinstance(files, dict) and files and isinstance(off, dict)):
+    if not (isinstance(modules, dict) and modules and isinstance(files, dict) and files and isinstance(off, dict)
+            and isinstance(verdict.get("static_prefix"), str) and _is_table(verdict.get("native_routes", False))):
         return None, f"{stamp} is incomplete"
     for module, path in modules.items():
         try:
@@ -88,7 +109,18 @@ def _read(stamp: Path, entries) -> tuple[dict[str, str] | None, str]:
             now = None
         if now != digest:
             return None, f"{path} changed"
-    return off, ""
+    return verdict, ""
+
+
+def _is_table(routes) -> bool:
+    """None, or a list of [path, [method, ...]] as ``native_routes.table_of`` makes it."""
+    return routes is None or (isinstance(routes, list) and all(
+        isinstance(route, list) and len(route) == 2 and isinstance(route[0], str) and isinstance(route[1], list)
+        and all(isinstance(method, str) for method in route[1]) for route in routes))
+
+
+def _static_prefix() -> str:
+    return os.environ.get(internals.STATIC_PREFIX_ENV_VAR, "")
 
 
 def _entries_digest(entries) -> str:
@@ -161,5 +193,5 @@ if __name__ == "__main__":
     except internals.InternalsChangedError as exc:
         print(f"MLflow internals: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"MLflow internals verified: {len(made['files'])} files, {len(made['off'])} speed entries off; "
-          f"verdict kept in {STAMP}")
+    print(f"MLflow internals verified: {len(made['files'])} files, {len(made['off'])} speed entries off, "
+          f"{len(made['native_routes'])} FastAPI-only routes; verdict kept in {STAMP}")

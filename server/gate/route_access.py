@@ -392,13 +392,13 @@ def _declared(methods) -> list[str]:
 class RouteAccess:
     """Args:
     flask_app: MLflow's Flask app (its ``url_map`` is read once, here).
-    native: (full path, route) of each FastAPI route served beside it (``native_routes.leaves``).
+    native: (full path, methods) of each FastAPI route served beside it (``NativeRoutes.table``).
     table: the allowlist, ``{(method, path without prefix): level}``.
     prepared: levels of routes a later MLflow serves, used only for a route the app has.
     default: the answer for a route the table does not name (and for a path the app lacks).
     """
 
-    def __init__(self, flask_app, native: list[tuple[str, object]], table: dict = TABLE,
+    def __init__(self, flask_app, native: list[tuple[str, tuple[str, ...]]], table: dict = TABLE,
                  prepared: dict = PREPARED, default: str = WRITE):
         from starlette.routing import compile_path
 
@@ -419,8 +419,8 @@ class RouteAccess:
         # of its routes matches method and path, and to Flask otherwise
         self._native_exact: dict[tuple[str, str], str] = {}
         self._native = []
-        for path, route in native:
-            levels = {method: level_of(method, path) for method in _declared(getattr(route, "methods", None))}
+        for path, methods in native:
+            levels = {method: level_of(method, path) for method in _declared(methods)}
             if "{" in path:
                 self._native.append((compile_path(path)[0], levels))
             else:
@@ -469,6 +469,6 @@ class RouteAccess:
         return self._by_rule.get((method, rule.rule), self._default)
 
 
-def scopes(flask_app, native: list[tuple[str, object]]) -> RouteAccess:
+def scopes(flask_app, native: list[tuple[str, tuple[str, ...]]]) -> RouteAccess:
     """SERVER or WORKSPACE for each request: which role judges it when workspaces are on."""
     return RouteAccess(flask_app, native, table=parse_table(SERVER_ROUTES, SERVER), prepared={}, default=WORKSPACE)
