@@ -60,6 +60,10 @@ log = logging.getLogger("server.job_runner")
 INTERNAL_USER = "mlflow-job-runner"
 STOP_SECONDS = 1.5
 RELAY_DRAIN_SECONDS = 0.3  # within STOP_SECONDS: the runner's last log lines reach the log
+# The runner's own start (its store, the fleet's and the periodic tasks' threads: ~0.1 s of CPU)
+# waits this long after the fork, so on a cold start it does not take a core from the web
+# workers as they boot and answer the first request, which a client is waiting for.
+START_DELAY_SECONDS = 2.0
 # our own settings that hold users' passwords: the runner and its jobs need none of them
 NOT_FOR_THE_RUNNER = frozenset({"MLFLOW_AUTH_USERS", "MLFLOW_AUTH_USERS_FILE", "WSGI_AUTH_CREDENTIALS",
                                 "WSGI_AUTH_CREDENTIALS_FILE",
@@ -133,7 +137,7 @@ _MASTER_SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM,
 def start(env: dict[str, str], log_level: str = "info", listeners=()) -> ForkedRunner:
     """Fork the runner from gunicorn's master, as gunicorn forks its workers: MLflow is already
     imported there and its pages are shared (frozen by ``gc.freeze``), so the runner costs its own
-    work, not a second copy of MLflow, and is ready at once."""
+    work, not a second copy of MLflow; it begins that work ``START_DELAY_SECONDS`` after the fork."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -144,6 +148,7 @@ def start(env: dict[str, str], log_level: str = "info", listeners=()) -> ForkedR
                 signal.signal(sig, signal.SIG_DFL)
             for listener in listeners:
                 listener.close()  # the master's port is not the runner's
+            time.sleep(START_DELAY_SECONDS)
             os.environ.clear()
             os.environ.update(env)  # what its jobs inherit: no user's password
             _own_stores()
