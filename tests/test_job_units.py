@@ -10,8 +10,6 @@ import inspect
 import json
 import os
 import stat
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -22,7 +20,6 @@ from server.jobs import submit as job_submit
 from server.jobs.fleet import LOST_RUNNER, RERUN_SAFE
 from server.jobs.periodic import FleetSchedule
 from server.jobs.table import JobTable
-from tests.services import ROOT
 
 
 @pytest.fixture
@@ -90,37 +87,6 @@ def test_a_job_with_credentials_is_reserved_and_they_stay_on_its_instance(sqlite
     assert "sk-S3cret" not in json.dumps([list(map(str, r)) for r in rows.values()])
     assert table.claim(["invoke_issue_detection"], [], 0) is None
     assert table.claim(["invoke_issue_detection"], [secret.job_id], 0).job_id == secret.job_id
-
-
-def test_the_queue_is_in_place_however_late_mlflows_job_module_is_imported(tmp_path):
-    """A fresh process: install() leaves MLflow's job module (and its job functions) unimported;
-    importing it, as submit_job does, finds the database queue in place and every job kind known."""
-    script = textwrap.dedent(f"""
-        import json, sys
-        import mlflow
-        from server.jobs import submit
-        submit.install({str(tmp_path)!r}, 60)
-        before = submit.JOBS_UTILS in sys.modules
-        from mlflow.server.jobs import submit_job  # noqa: F401 - its own import of the module at call time
-        from mlflow.server.jobs import utils
-        print(json.dumps([before, type(utils._get_or_init_huey_instance("invoke_scorer")).__name__,
-                          len(utils._job_name_to_fn_fullname_map)]))
-    """)
-    done = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.splitlines()[-1]) == [False, "DatabaseQueue", len(LOST_RUNNER)]
-
-
-def test_the_queue_is_in_place_when_mlflows_job_module_was_imported_first(tmp_path):
-    from mlflow.server.jobs import utils
-
-    original = utils._get_or_init_huey_instance
-    try:
-        job_submit.install(str(tmp_path), 60)
-        assert isinstance(utils._get_or_init_huey_instance("invoke_scorer"), job_submit.DatabaseQueue)
-    finally:
-        utils._get_or_init_huey_instance = original
 
 
 def test_every_job_kind_of_mlflow_has_a_policy_for_a_dead_runner():

@@ -251,10 +251,6 @@ ENTRIES: tuple[Entry, ...] = (
           (Target("mlflow.server.jobs", "submit_job", contains="huey_instance.submit_task("),
            Target("mlflow.server.jobs", "submit_job", contains="job_store.create_job("),
            Target("mlflow.server.jobs.utils", "_get_or_init_huey_instance", params=("instance_key",)),
-           Target("mlflow.utils.import_hooks", "register_post_import_hook"),  # (a lock's wrapper: no signature)
-           Target("mlflow.utils.import_hooks", "register_generic_import_hook",
-                  params=("hook", "name", "hook_dict", "overwrite")),
-           Target("mlflow.utils.import_hooks", "ImportHookFinder"),
            *(Target("mlflow.store.tracking.dbmodels.models", f"SqlJob.{column}")
              for column in ("id", "creation_time", "job_name", "params", "workspace", "timeout", "status",
                             "result", "retry_count", "last_update_time", "lease_expires_at", "status_message",

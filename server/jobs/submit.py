@@ -19,8 +19,6 @@ import threading
 
 from server.jobs.table import JobTable
 
-JOBS_UTILS = "mlflow.server.jobs.utils"  # where MLflow's submit_job finds its queue
-
 _table: JobTable | None = None
 _table_lock = threading.Lock()
 
@@ -59,17 +57,8 @@ class DatabaseQueue:
 
 
 def install(folder: str, lease_seconds: float) -> None:
-    """In every process that may submit jobs (the web workers, the job runner's periodic tasks).
-
-    ``mlflow.server.jobs.utils`` imports every job function's module when it is imported
-    (~80 ms, the evaluation harness and pyfunc among them), which a server that submits no job
-    need not pay at start: the queue is put in place by MLflow's post-import hook, as that module
-    is imported (at once, if it already is), before the import that loads it returns."""
-    from mlflow.utils.import_hooks import register_post_import_hook
+    """In every process that may submit jobs (the web workers, the job runner's periodic tasks)."""
+    from mlflow.server.jobs import utils
 
     queue = DatabaseQueue(folder, lease_seconds)
-
-    def put_in_place(utils) -> None:
-        utils._get_or_init_huey_instance = lambda instance_key: queue
-
-    register_post_import_hook(put_in_place, JOBS_UTILS)
+    utils._get_or_init_huey_instance = lambda instance_key: queue
