@@ -119,4 +119,8 @@ def test_an_app_without_the_recorded_routes_serves_none_of_them(caplog):
     with caplog.at_level(logging.ERROR, logger="server.native_routes"), pytest.raises(RoutesChangedError):
         _json_call(native, "POST", "/v1/traces")
     assert "missing [('/v1/recorded-only', ('POST',))]" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="server.native_routes"), pytest.raises(RoutesChangedError):
+        _json_call(native, "POST", "/v1/traces")  # refused again without building the app again
+    assert caplog.text == ""
     assert _json_call(native, "GET", "/health") == ("299 Flask", b"flask")  # Flask's routes still answer

@@ -78,6 +78,7 @@ class NativeRoutes:
         self._patterns = [(compile_path(path)[0], frozenset(methods)) for path, methods in self.table]
         self._bridge = None
         self._bridge_pid = None
+        self._refusal: RoutesChangedError | None = None
         self._lock = threading.Lock()
 
     @classmethod
@@ -117,6 +118,8 @@ class NativeRoutes:
         return self._bridge
 
     def _fastapi_app(self):
+        if self._refusal is not None:
+            raise self._refusal  # built and refused once in this process: not built again per request
         if self.fastapi_app is None:
             built = _build(self.flask_app)
             if (found := table_of(built)) != self.table:
@@ -124,7 +127,8 @@ class NativeRoutes:
                 log.error("MLflow's FastAPI app does not have the routes recorded at build: missing %s, "
                           "unrecorded %s; its routes answer 500 until the verdict is made again "
                           "(python -m server.borrowed.verdict)", missing, extra)
-                raise RoutesChangedError("MLflow's FastAPI routes differ from the build's record")
+                self._refusal = RoutesChangedError("MLflow's FastAPI routes differ from the build's record")
+                raise self._refusal
             self.fastapi_app = built
             log.info("MLflow's FastAPI app built on its first request (pid %d)", os.getpid())
         return self.fastapi_app
