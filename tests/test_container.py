@@ -16,6 +16,7 @@ import requests
 from tests.conftest import ALICE, ALL_PASSWORDS, BOB, USERS_FILE, need
 from tests.container import REVISION, build_image, inspect, run_in_image, start_container
 from tests.services import ROOT, trickle
+from tests.test_request_costs import otlp_spans
 from tests.test_training_flow import check_flow
 
 pytestmark = pytest.mark.container
@@ -152,7 +153,14 @@ def test_training_flow_through_the_hardened_container(image, tmp_path, postgres,
     try:
         print(f"\ncontainer start to healthy: {running.startup_seconds:.1f}s")
         check_flow(running, ALICE, lambda: gcs.list_objects("container/"))
+        # a route only MLflow's FastAPI app serves answers in the image, the app built on its first request
+        eid = requests.post(f"{running.url}/api/2.0/mlflow/experiments/create", json={"name": "otlp-in-the-image"},
+                            auth=ALICE, timeout=30).json()["experiment_id"]
+        r = requests.post(f"{running.url}/v1/traces", data=otlp_spans(3, trace_id=b"\x07" * 16), auth=ALICE,
+                          headers={"Content-Type": "application/x-protobuf", "x-mlflow-experiment-id": eid}, timeout=60)
+        assert r.status_code == 200, r.text[:300]
         logs = running.logs()
+        assert "MLflow's FastAPI app built on its first request" in logs
         for secret in ALL_PASSWORDS:
             assert secret not in logs
         assert '"user": "alice"' in logs
