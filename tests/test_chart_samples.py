@@ -15,6 +15,7 @@ import math
 import pytest
 from mlflow.entities import Metric
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from sqlalchemy import event
 
 from server.borrowed import chart_samples
 from server.config import normalize_backend_uri
@@ -39,6 +40,11 @@ def value(i: int) -> float:
 def distinct_steps(n: int) -> list[Metric]:
     """Steps unique but uneven (gaps, negatives); timestamps repeat."""
     return [Metric("m", value(i), T0 + i // 3, i * 3 - 50 + (i % 5)) for i in range(n)]
+
+
+def even_steps(n: int, first: int = 0, gap: int = 1) -> list[Metric]:
+    """Steps evenly spaced, as a training loop logs them: the guessed count holds."""
+    return [Metric("m", value(i), T0 + i // 3, first + i * gap) for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +72,16 @@ def store(postgres):
     # positions (3) but not the points at them
     run_with("as many rows", [Metric("m", 1.0, T0, 1), Metric("m", 2.0, T0, 2), Metric("m", 3.0, T0 + 1, 2),
                               Metric("m", 4.0, T0, 3)])
+    for n in SIZES:
+        run_with(f"even{n}", even_steps(n))
+    run_with("every tenth", even_steps(2503, first=-70, gap=10))
+    # evenly spaced but for one step: the guess is one too many, one too few
+    run_with("bigint ends", [Metric("m", 1.5, T0, -(2**63)), Metric("m", 2.5, T0, 2**63 - 1)])
+    run_with("one missing", [m for m in even_steps(1000) if m.step != 500])
+    run_with("one between", [*even_steps(700, gap=10), Metric("m", 0.5, T0, 5005)])
+    run_with("far last", [Metric("m", 1.0, T0, 0), Metric("m", 2.0, T0, 1), Metric("m", 3.0, T0, 10**15)])
+    run_with("last twice", [*even_steps(700), Metric("m", 0.5, T0 + 9, 699)])
+    run_with("first twice", [*even_steps(700), Metric("m", 0.5, T0 + 9, 0)])
     run_with("two keys", [*distinct_steps(400), *(Metric("other", 1.0, T0, s) for s in range(0, 4000, 7))])
     yield store, runs
     store.engine.dispose()
@@ -75,6 +91,22 @@ def answer(store, run_ids, max_results, start_step=None, end_step=None) -> list[
     """What get_metric_history_bulk_interval returns, NaN made comparable."""
     found = store.get_metric_history_bulk_interval(run_ids, "m", max_results, start_step, end_step)
     return [(m.run_id, m.key, "nan" if math.isnan(m.value) else m.value, m.timestamp, m.step) for m in found]
+
+
+@pytest.fixture
+def guesses(store):
+    """The ``guess`` flag of each walk statement ours sends: [True] when a guessed count held,
+    [True, False] when it did not and the points were counted."""
+    store_, _ = store
+    sent = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "WITH RECURSIVE" in statement:
+            sent.append(parameters["guess"])
+
+    event.listen(store_.engine, "before_cursor_execute", record)
+    yield sent
+    event.remove(store_.engine, "before_cursor_execute", record)
 
 
 @pytest.fixture
@@ -109,15 +141,41 @@ def test_every_size_is_sampled_as_mlflow_does(store, paths, k):
     assert handed_over == []  # every answer came from the walk
 
 
+@pytest.mark.parametrize("k", BUCKETS)
+def test_evenly_spaced_steps_are_sampled_from_a_guessed_count(store, paths, guesses, k):
+    _, runs = store
+    both, handed_over = paths
+    for name in [*(f"even{n}" for n in SIZES), "every tenth", "bigint ends"]:
+        guesses.clear()
+        expected, ours = both([runs[name]], k)
+        assert ours == expected, (name, k)
+        # one statement, no count (an empty history is counted to tell it from a guess too large)
+        assert guesses == ([True, False] if name == "even0" else [True]), name
+    assert handed_over == []
+
+
+@pytest.mark.parametrize("name", ["one missing", "one between", "far last", "last twice", "first twice"])
+def test_a_wrong_guess_is_caught_and_the_points_counted(store, paths, guesses, name):
+    _, runs = store
+    both, handed_over = paths
+    for k in (1, 3, 7, 320, 2500):
+        guesses.clear()
+        expected, ours = both([runs[name]], k)
+        assert ours == expected, (name, k)
+        assert guesses == [True, False], (name, k)
+    # a step holding two points still hands over to MLflow's query; a step missing or added does not
+    assert bool(handed_over) == name.endswith("twice")
+
+
 @pytest.mark.parametrize("window", [(-50, 10), (0, 0), (-10**6, -51), (100, 2000), (1, 10**12), (2500, 2600),
                                     (-(2**63), 2**63 - 1)])
 def test_step_ranges(store, paths, window):
     _, runs = store
     both, handed_over = paths
-    for n in (15, 641, 2503):
+    for name in ("n15", "n641", "n2503", "even641", "even2503", "every tenth"):
         for k in (1, 7, 320):
-            expected, ours = both([runs[f"n{n}"]], k, *window)
-            assert ours == expected, (n, k, window)
+            expected, ours = both([runs[name]], k, *window)
+            assert ours == expected, (name, k, window)
     assert handed_over == []
 
 
