@@ -181,7 +181,7 @@ def create_app(settings: config.Settings):
 
 
 def _route_access(mlflow_app, native: NativeRoutes) -> RouteAccess:
-    access = RouteAccess(mlflow_app, native.table)
+    access = RouteAccess(mlflow_app, native.matcher)
     if access.unclassified:
         log.warning("%d route(s) of MLflow are not in server/gate/route_access.py's table; they count as writes: %s",
                     len(access.unclassified), ", ".join(f"{m} {p}" for m, p in access.unclassified))
@@ -198,7 +198,7 @@ def _workspace_gate(app, settings: config.Settings, mlflow_app, native: NativeRo
         workspace_views.log_unknown(named, _tracking_engine())  # then disposed: the master serves nothing
     if enabled:
         workspace_views.install(mlflow_app)
-    return WorkspaceGate(app, scopes(mlflow_app, native.table), enabled,
+    return WorkspaceGate(app, scopes(mlflow_app, native.matcher), enabled,
                          account_paths=account.CURRENT | account.PERMISSIONS | account.ROLES_LIST)
 
 

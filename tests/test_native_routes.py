@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from server.borrowed.native_routes import NativeRoutes, RoutesChangedError, mlflow_table
+from server.borrowed.native_routes import NativeRoutes, RouteMatcher, RoutesChangedError, mlflow_table
 from tests.services import ROOT
 
 
@@ -57,6 +57,40 @@ def test_the_74_routes_only_fastapi_serves(routes):
 ])
 def test_which_requests_go_to_fastapi(routes, method, path, native):
     assert routes.handles(method, path) is native
+
+
+# A literal route and a variable one that both match ``/x/endpoints``, in both orders: Starlette
+# serves the first in the router's order, whichever kind it is.
+SHADOWED = [("/x/{name:path}", ("GET", "HEAD")), ("/x/endpoints", ("GET", "HEAD", "POST")),
+            ("/x/{name}/versions/{version}", ("DELETE",)), ("/v1/traces", ("POST",))]
+
+
+@pytest.mark.parametrize("table", [SHADOWED, SHADOWED[::-1]], ids=["variable first", "literal first"])
+def test_the_route_matched_is_the_one_starlette_serves(table):
+    """A contract with Starlette's router: the route RouteMatcher names for a request (the one
+    the gate judges it by) is the route Starlette dispatches it to, with Flask's mount last."""
+    from a2wsgi import ASGIMiddleware
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route
+
+    def answering(declared):
+        return lambda request: PlainTextResponse(declared)
+
+    routes = [Route(path, answering(path), methods=list(methods)) for path, methods in table]
+    served = ASGIMiddleware(Starlette(routes=[*routes, Mount("/", app=PlainTextResponse("flask"))]))
+    matcher = RouteMatcher(table)
+    requests = [("GET", "/x/endpoints"), ("POST", "/x/endpoints"), ("GET", "/x/a/b"), ("DELETE", "/x/a/versions/2"),
+                ("DELETE", "/x/a/b/versions/2"), ("GET", "/x/a/versions/2"), ("POST", "/v1/traces"),
+                ("GET", "/v1/traces"), ("HEAD", "/x/endpoints"), ("GET", "/y")]
+    for method, path in requests:
+        status, body = _call(served, {"REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "localhost",
+                                      "SERVER_PORT": "80", "wsgi.input": io.BytesIO(b""), "wsgi.url_scheme": "http"})
+        assert status.startswith("200"), (method, path, status)
+        expected = None if body in (b"flask", b"") else body.decode()
+        assert matcher.route(method, path) == expected, (method, path)
+    # the order decides: the first route that matches serves
+    assert matcher.route("GET", "/x/endpoints") == ("/x/{name:path}" if table is SHADOWED else "/x/endpoints")
 
 
 def _call(app, environ):

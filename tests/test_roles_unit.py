@@ -77,10 +77,10 @@ def test_iap_settings_fail_closed(tmp_path):
 def access():
     from mlflow.server import app as mlflow_app
 
-    from server.borrowed.native_routes import mlflow_table
+    from server.borrowed.native_routes import RouteMatcher, mlflow_table
     from server.gate.route_access import RouteAccess
 
-    return RouteAccess(mlflow_app, mlflow_table())
+    return RouteAccess(mlflow_app, RouteMatcher(mlflow_table()))
 
 
 def test_every_route_mlflow_has_is_in_the_table_and_the_table_names_no_other(access):
@@ -158,6 +158,7 @@ def test_routes_a_later_mlflow_adds_are_classified_once_served():
     """The skill registry of MLflow 3.18, served by a FastAPI app as 3.18 serves it."""
     import flask
 
+    from server.borrowed.native_routes import RouteMatcher
     from server.gate.route_access import PREPARED, TABLE, RouteAccess
 
     assert not set(PREPARED) & set(TABLE)
@@ -166,7 +167,7 @@ def test_routes_a_later_mlflow_adds_are_classified_once_served():
         ("", {"GET", "POST"}), ("/{name}", {"GET", "PATCH", "DELETE"}),
         ("/@{organization}/{name}/versions/{version}", {"GET", "PATCH", "DELETE"}),
         ("/{name}/tags/{key:path}", {"DELETE"}), ("/{name}/unplanned", {"GET"})]]
-    access = RouteAccess(flask.Flask("later", static_folder=None), served)
+    access = RouteAccess(flask.Flask("later", static_folder=None), RouteMatcher(served))
     assert access.level("GET", f"{prefix}/ada") == "read"
     assert access.level("PATCH", f"{prefix}/ada") == "write"
     assert access.level("DELETE", f"{prefix}/ada") == "admin"
@@ -175,6 +176,26 @@ def test_routes_a_later_mlflow_adds_are_classified_once_served():
     assert access.level("POST", prefix) == "write" and access.level("GET", prefix) == "read"
     # a route neither table names is a write, and reported
     assert access.unclassified == [("GET", f"{prefix}/{{name}}/unplanned")]
+
+
+def test_a_request_is_judged_by_the_route_that_serves_it():
+    """A variable route before a literal one that also matches: Starlette serves the variable
+    one (tests/test_native_routes.py), so the gate judges by it; in the other order, by the literal."""
+    import flask
+
+    from server.borrowed.native_routes import RouteMatcher
+    from server.gate.route_access import RouteAccess
+
+    prefix = "/api/3.0/mlflow/things"
+    table = {("GET", "mlflow/things/{name:path}"): "read", ("GET", "mlflow/things/endpoints"): "admin"}
+    served = [(prefix + "/{name:path}", ("GET", "HEAD")), (prefix + "/endpoints", ("GET", "HEAD"))]
+    for order, expected in ((served, "read"), (served[::-1], "admin")):
+        access = RouteAccess(flask.Flask("shadowed", static_folder=None), RouteMatcher(order), table=table, prepared={})
+        assert access.level("GET", prefix + "/endpoints") == expected
+        assert access.level("HEAD", prefix + "/endpoints") == expected
+        assert access.level("GET", prefix + "/other") == "read"
+        assert access.level("POST", prefix + "/other") == "write"  # no such route: a write
+        assert access.unclassified == []
 
 
 # ------------------------------------------------------------ IAP assertions in-process

@@ -52,10 +52,10 @@ def test_iap_roles_per_workspace_by_email_then_domain_then_anyone():
 def scopes():
     from mlflow.server import app as mlflow_app
 
-    from server.borrowed.native_routes import mlflow_table
+    from server.borrowed.native_routes import RouteMatcher, mlflow_table
     from server.gate.route_access import scopes
 
-    return scopes(mlflow_app, mlflow_table())
+    return scopes(mlflow_app, RouteMatcher(mlflow_table()))
 
 
 def decide(gate_scopes, grants, path, method="GET", workspace=None, enabled=True):

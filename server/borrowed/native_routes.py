@@ -14,10 +14,10 @@ Two of MLflow's routers are left to Flask, which serves the same paths: the arti
 (ours streams to and from the bucket, ``server/borrowed/artifact_streaming.py``) and the server-info
 router (``/health``, ``server-info``).
 
-Which requests go to FastAPI is decided the way Starlette decides it: a request goes there when
-one of those routers matches its method and path fully (the path against Starlette's own
-``compile_path`` pattern of the route); a path that matches with another method falls through
-to Flask, as under ``mlflow server`` (its Flask mount catches it).
+Which requests go to FastAPI is decided the way Starlette decides it (``RouteMatcher``): a
+request goes there when one of those routers matches its method and path fully (the path
+against Starlette's own ``compile_path`` pattern of the route); a path that matches with another
+method falls through to Flask, as under ``mlflow server`` (its Flask mount catches it).
 
 That decision needs only the routes' table, (path, methods) of each. Importing MLflow's FastAPI
 app costs ~0.2 s and ~16 MB (aiohttp, the assistant's providers, the MCP registry's pydantic
@@ -57,6 +57,36 @@ def route_prefix(path: str) -> str:
     return path.split("{", 1)[0]
 
 
+class RouteMatcher:
+    """Which of a table's routes serves a request, chosen as Starlette's router chooses: the
+    first route, in the table's order (the router's), whose path pattern (Starlette's own
+    ``compile_path``) and methods both match. A path that matches with another method only is
+    not served by it: Starlette goes on to the Flask mount. The dispatch (NativeRoutes) and the
+    gate (server/gate/route_access.py) ask the same matcher, so a request is judged by the
+    route that serves it.
+
+    Args:
+        table: (full path, methods) of each route, in the router's order.
+    """
+
+    def __init__(self, table: Table):
+        from starlette.routing import compile_path
+
+        self.table = [(path, tuple(methods)) for path, methods in table]
+        # a cheap first test on every request: the literal start of each route's path
+        self._prefixes = tuple(sorted({route_prefix(path) for path, _ in self.table}))
+        self._routes = [(compile_path(path)[0], frozenset(methods), path) for path, methods in self.table]
+
+    def route(self, method: str, path: str) -> str | None:
+        """The path (as declared) of the route that serves this request; None: not one of these."""
+        if not path.startswith(self._prefixes):
+            return None
+        for pattern, methods, declared in self._routes:
+            if method in methods and pattern.match(path):
+                return declared
+        return None
+
+
 class NativeRoutes:
     """Args:
     app: the WSGI app (MLflow's Flask app and our layers) for every other request.
@@ -67,15 +97,11 @@ class NativeRoutes:
     """
 
     def __init__(self, app: Callable, flask_app, table: Table, fastapi_app=None):
-        from starlette.routing import compile_path
-
         self.app = app
         self.flask_app = flask_app
-        self.table = [(path, tuple(methods)) for path, methods in table]
+        self.matcher = RouteMatcher(table)
+        self.table = self.matcher.table
         self.fastapi_app = fastapi_app
-        # a cheap first test on every request: the literal start of each route's path
-        self._prefixes = tuple(sorted({route_prefix(path) for path, _ in self.table}))
-        self._patterns = [(compile_path(path)[0], frozenset(methods)) for path, methods in self.table]
         self._bridge = None
         self._bridge_pid = None
         self._refusal: RoutesChangedError | None = None
@@ -90,9 +116,7 @@ class NativeRoutes:
         return cls(app, flask_app, table_of(fastapi_app), fastapi_app)
 
     def handles(self, method: str, path: str) -> bool:
-        if not path.startswith(self._prefixes):
-            return False
-        return any(method in methods and pattern.match(path) for pattern, methods in self._patterns)
+        return self.matcher.route(method, path) is not None
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         if not self.handles(environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from server.borrowed.native_routes import route_prefix
+from server.borrowed.native_routes import RouteMatcher
 from server.gate.roles import ADMIN_ONLY, READ, WRITE
 
 # Columns: methods (comma-separated), then the route's path as the app declares it (Flask
@@ -392,16 +392,15 @@ def _declared(methods) -> list[str]:
 class RouteAccess:
     """Args:
     flask_app: MLflow's Flask app (its ``url_map`` is read once, here).
-    native: (full path, methods) of each FastAPI route served beside it (``NativeRoutes.table``).
+    native: the FastAPI routes served beside it (``NativeRoutes.matcher``): a request one of
+        them serves is judged by that route, the one Starlette picks.
     table: the allowlist, ``{(method, path without prefix): level}``.
     prepared: levels of routes a later MLflow serves, used only for a route the app has.
     default: the answer for a route the table does not name (and for a path the app lacks).
     """
 
-    def __init__(self, flask_app, native: list[tuple[str, tuple[str, ...]]], table: dict = TABLE,
+    def __init__(self, flask_app, native: RouteMatcher, table: dict = TABLE,
                  prepared: dict = PREPARED, default: str = WRITE):
-        from starlette.routing import compile_path
-
         self.unclassified: list[tuple[str, str]] = []  # served, but not in the table: writes
         seen = set()
 
@@ -417,15 +416,9 @@ class RouteAccess:
 
         # FastAPI's routes first, as server/borrowed/native_routes.py hands a request to FastAPI when one
         # of its routes matches method and path, and to Flask otherwise
-        self._native_exact: dict[tuple[str, str], str] = {}
-        self._native = []
-        for path, methods in native:
-            levels = {method: level_of(method, path) for method in _declared(methods)}
-            if "{" in path:
-                self._native.append((compile_path(path)[0], levels))
-            else:
-                self._native_exact.update(((method, path), level) for method, level in levels.items())
-        self._native_prefixes = tuple({route_prefix(path) for path, _ in native if "{" in path})
+        self._native = native
+        self._by_native_route = {(method, path): level_of(method, path)
+                                 for path, methods in native.table for method in _declared(methods)}
         self._default = default
         self._adapter = flask_app.url_map.bind("localhost")
         self._by_rule: dict[tuple[str, str], str] = {}
@@ -443,14 +436,9 @@ class RouteAccess:
             return READ if self._default == WRITE else self._default
         if method == "HEAD":
             method = "GET"
-        key = (method, path)
-        if (found := self._native_exact.get(key)) is not None:
-            return found
-        if path.startswith(self._native_prefixes):
-            for pattern, levels in self._native:
-                if method in levels and pattern.match(path):
-                    return levels[method]
-        if (found := self._flask_exact.get(key)) is not None:
+        if (route := self._native.route(method, path)) is not None:
+            return self._by_native_route.get((method, route), self._default)
+        if (found := self._flask_exact.get((method, path))) is not None:
             return found
         return self._flask_level(method, path)
 
@@ -469,6 +457,6 @@ class RouteAccess:
         return self._by_rule.get((method, rule.rule), self._default)
 
 
-def scopes(flask_app, native: list[tuple[str, tuple[str, ...]]]) -> RouteAccess:
+def scopes(flask_app, native: RouteMatcher) -> RouteAccess:
     """SERVER or WORKSPACE for each request: which role judges it when workspaces are on."""
     return RouteAccess(flask_app, native, table=parse_table(SERVER_ROUTES, SERVER), prepared={}, default=WORKSPACE)
