@@ -591,6 +591,50 @@ def open_connections(pids: list[int], port: int, accepted: bool = False) -> int:
     return count
 
 
+class Attackers:
+    """``count`` connections that each send ``opening`` and then one more byte every few
+    seconds (or nothing at all), never finishing a request."""
+
+    def __init__(self, port: int, count: int, opening: bytes, trickle: bool):
+        self.stop = threading.Event()
+        self.sockets = []
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if opening:
+                s.sendall(opening)
+            self.sockets.append(s)
+        self.closed_by_server = 0
+        self.thread = threading.Thread(target=self._trickle, daemon=True) if trickle else None
+        if self.thread:
+            self.thread.start()
+
+    def _trickle(self):
+        while not self.stop.wait(2.0):
+            for s in self.sockets:
+                try:
+                    s.sendall(b"a")
+                except OSError:
+                    pass
+
+    def count_closed(self) -> int:
+        closed = 0
+        for s in self.sockets:
+            s.setblocking(False)
+            try:
+                if s.recv(1024) == b"":
+                    closed += 1
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed += 1
+        return closed
+
+    def close(self):
+        self.stop.set()
+        for s in self.sockets:
+            s.close()
+
+
 def wait_for_workers(pid: int, workers: int, timeout: float = 60) -> None:
     """Until gunicorn's master `pid` has all its workers: the first answer can come from the
     first worker while the others are still forking, and a memory baseline taken then would

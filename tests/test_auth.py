@@ -194,6 +194,30 @@ def test_hashed_password_is_verified_once_then_cached(monkeypatch):
     assert calls == ["bob", "bob"]
 
 
+def test_every_failed_login_costs_one_hash_check_of_the_same_cost(monkeypatch):
+    """A wrong password for a plain user, for a hashed user, and a name that does not exist:
+    each is one bcrypt check at the hashed user's cost (the user's own, or the decoy's), so the
+    time taken tells none of them apart. bench/attacks.py times them."""
+    hashed = bcrypt.hashpw(b"s3cret-pw", bcrypt.gensalt(rounds=5)).decode()
+    table = {"erin": User("erin", "erin-Pl41n-password", "plain"), "bob": User("bob", hashed, "bcrypt")}
+    checked = []
+    real = auth_mod.password_matches
+
+    def recording(user, password):
+        checked.append((user.kind, user.secret.split("$")[2] if user.kind == "bcrypt" else None))
+        return real(user, password)
+
+    monkeypatch.setattr(auth_mod, "password_matches", recording)
+    mw = BasicAuthMiddleware(lambda e, s: [b"ok"], users=lambda: table)
+    for name in ("erin", "bob", "nobody-at-all"):
+        checked.clear()
+        assert mw.authenticate(basic(name, "wrong-password")) is None
+        assert [c for c in checked if c[0] != "plain"] == [("bcrypt", "05")], (name, checked)
+    checked.clear()
+    assert mw.authenticate(basic("erin", "erin-Pl41n-password")) == "erin"
+    assert checked == [("plain", None)]  # a plain user's right password: no hash check
+
+
 def test_a_remembered_credential_is_forgotten_when_the_users_change():
     tables = [{"alice": User("alice", "first-Passw0rd", "plain")}]
     mw = BasicAuthMiddleware(lambda e, s: [b"ok"], users=lambda: tables[-1])

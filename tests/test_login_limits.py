@@ -4,7 +4,6 @@ same in every worker, and bad logins cannot take more than a fixed share of the 
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 
@@ -13,7 +12,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, figure, gcs_server_config
-from tests.services import Server, latencies, start_together, wait_for_workers
+from tests.services import Server, start_together, wait_for_workers
 
 pytestmark = pytest.mark.reliability
 
@@ -114,31 +113,27 @@ def test_ipv6_clients_are_counted_per_64(behind_proxy):
     assert get(behind_proxy, (ALICE[0], "nope"), "2001:db8:1:3::1") == 401  # the next /64
 
 
-def test_failed_logins_take_the_same_time_whatever_the_name(behind_proxy):
+def test_failed_logins_are_answered_alike_whatever_the_name(behind_proxy):
     """Plain and hashed users mixed: a wrong password for a plain user, for a hashed user and an
-    unknown name all cost one hash check."""
+    unknown name get the same answer, byte for byte. That each costs one hash check of the same
+    cost is tests/test_auth.py's; what they take is bench/attacks.py's."""
     names = {"plain": ERIN[0], "hashed": DAVE[0], "unknown": "nobody-at-all"}
-    samples = {kind: [] for kind in names}
+    answers = {}
     time.sleep(BUDGET_REFILL_S)
-    # the kinds take turns, so a busy moment on the machine lands on all of them alike
-    for i in range(7):
-        for n, (kind, name) in enumerate(names.items()):
-            started = time.perf_counter()
-            code = get(behind_proxy, (name, f"bad-{i}"), f"100.64.{n}.{i}")
-            samples[kind].append(time.perf_counter() - started)
-            assert code == 401
-            time.sleep(0.6)  # the budget refills what one check spent
-    timings = {kind: statistics.median(values) for kind, values in samples.items()}
-    figure("failed login, median: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in timings.items()))
-    fastest, slowest = min(timings.values()), max(timings.values())
-    assert slowest < 1.6 * fastest, timings
+    for n, (kind, name) in enumerate(names.items()):
+        response = requests.get(behind_proxy.url + SEARCH, auth=(name, "bad-password"), timeout=60,
+                                headers={"X-Forwarded-For": f"100.64.{n}.1", "Connection": "close"})
+        headers = {k.lower(): v for k, v in response.headers.items() if k.lower() not in ("date", "connection")}
+        answers[kind] = (response.status_code, headers, response.content)
+        time.sleep(0.6)  # the budget refills what one check spent
+    assert answers["plain"][0] == 401 and "www-authenticate" in answers["plain"][1]
+    assert answers["plain"] == answers["hashed"] == answers["unknown"], answers
 
 
-def test_a_hash_flood_from_64_addresses_leaves_logged_in_users_fast(behind_proxy):
-    def logged_in():
-        assert get(behind_proxy, ERIN, "100.100.0.1") == 200
-
-    idle = latencies(logged_in, 20)
+def test_a_hash_flood_from_64_addresses_leaves_logged_in_users_served(behind_proxy):
+    """While 64 addresses send bad logins, the flood is turned away by the hash budget (429) and
+    a logged-in user is served every time. How long that user waits, idle and under the flood,
+    is bench/attacks.py's figure (docs/benchmarks.md)."""
     stop = threading.Event()
     sent = {"401": 0, "429": 0, "other": 0}
 
@@ -154,19 +149,15 @@ def test_a_hash_flood_from_64_addresses_leaves_logged_in_users_fast(behind_proxy
         t.start()
     time.sleep(3)  # the flood has used its burst
     try:
-        loaded = latencies(logged_in, 30)
+        served = [get(behind_proxy, ERIN, "100.100.0.1") for _ in range(30)]
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=60)
-    p50 = statistics.median(loaded)
-    figure(f"logged-in user's p50: idle {statistics.median(idle) * 1000:.0f} ms, under a flood of "
-           f"bad logins from 64 addresses {p50 * 1000:.0f} ms (flood answers: {sent})")
-    assert sent["other"] == 0 and sent["429"] > 0
-    # starved by the hashing it would be seconds (3.8 s without the hash budget, README); here
-    # 150-230 ms, most of it this process's 64 flood threads sharing the 2 cores: the bound
-    # tells the two apart with room for a busy machine, and the figure is printed above
-    assert p50 < 1.0, f"p50 {p50 * 1000:.0f} ms"
+    assert served == [200] * 30
+    assert sent["other"] == 0 and sent["429"] > 0, sent
+    # the budget: far fewer checks than requests (half a CPU over ~3.5 s is ~10 cost-12 checks)
+    assert sent["401"] < sent["429"], sent
 
 
 @pytest.fixture(scope="module")
