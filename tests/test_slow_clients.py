@@ -85,7 +85,7 @@ def h2_request(conn, sock, stream_id: int, method: str, path: str, end_stream: b
 
 
 def test_a_stalled_upload_does_not_hold_up_other_streams_of_its_connection(server):
-    """Item 10: on one h2c connection, an upload whose body stops after 16 KiB must not delay a
+    """Item 10: on one h2c connection, an upload whose body stops after 16 KiB must not hold up a
     request on another stream (gunicorn served them in turn: 20 s and more)."""
     import h2.config
     import h2.connection
@@ -103,7 +103,7 @@ def test_a_stalled_upload_does_not_hold_up_other_streams_of_its_connection(serve
         time.sleep(1.0)  # the upload is being served, and stalls
         started = time.monotonic()
         h2_request(conn, sock, 3, "GET", SEARCH, True)
-        status, done = None, False
+        status, done, upload_events = None, False, []
         while not done:
             data = sock.recv(65536)
             assert data, "the server closed the connection"
@@ -112,10 +112,14 @@ def test_a_stalled_upload_does_not_hold_up_other_streams_of_its_connection(serve
                     status = dict(event.headers)[":status"]
                 if isinstance(event, h2.events.StreamEnded) and event.stream_id == 3:
                     done = True
+                if getattr(event, "stream_id", None) == 1 and not isinstance(event, h2.events.WindowUpdated):
+                    upload_events.append(type(event).__name__)
             sock.sendall(conn.data_to_send())
-        waited = time.monotonic() - started
-        figure(f"h2c, a request behind a stalled upload on the same connection: {waited * 1000:.0f} ms")
-        assert status == "200" and waited < 1.0, (status, waited)
+        figure(f"h2c, a request behind a stalled upload on the same connection: "
+               f"{(time.monotonic() - started) * 1000:.0f} ms")
+        # answered while the upload is still open and stalled: served in turn, it would have
+        # waited for the upload to time out (20 s and more), which ends or resets stream 1
+        assert status == "200" and upload_events == [], (status, upload_events)
         # the stalled upload resumes and completes on the same connection
         remaining = 8 * 1024 * 1024 - 16384
         while remaining:
