@@ -28,9 +28,7 @@ both workers take them.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
-import threading
 import time
 
 import bcrypt
@@ -40,7 +38,7 @@ import requests
 from bench.common import USER, database_uri, load_average, median, percentile, services
 from bench.run import write_doc_section
 from bench.servers import Running, start
-from tests.services import Attackers, latencies
+from tests.services import SLOW_OPENINGS, Attackers, BadLoginFlood, latencies
 
 MARKERS = ("<!-- attacks:begin -->", "<!-- attacks:end -->")
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
@@ -52,11 +50,6 @@ REFILL_PAUSE = 0.6  # s: the hash budget (half a CPU) refills what one cost-12 c
 FLOOD_THREADS = 64
 FLOOD_WARMUP = 3.0  # s: the flood spends the budget's reserve before the user is timed
 REQUEST_TIMEOUT = 30
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-SLOW_OPENINGS = {  # (what each connection sends first, whether it then trickles a byte every 2 s)
-    "HTTP/1": [(b"", False), (b"GET " + SEARCH.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", True)],
-    "h2c": [(PREFACE, False), (PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + b"\x00\x10\x00\x01", True)],
-}
 
 
 def get(server: Running, auth: tuple[str, str], client: str) -> tuple[int, float]:
@@ -90,32 +83,11 @@ def flood(server: Running, calls: int) -> tuple[list[float], list[float], dict[s
         return took
 
     idle = [logged_in() for _ in range(calls)]
-    stop = threading.Event()
-    answers = {"401": 0, "429": 0, "other": 0}
-    lock = threading.Lock()
-
-    def attacker(index: int) -> None:
-        for i in itertools.count():
-            if stop.is_set():
-                return
-            name = HASHED[0] if i % 2 else f"ghost-{i}"
-            try:
-                status, _ = get(server, (name, f"flood-{i}"), f"100.{64 + index}.0.{i % 200}")
-            except requests.RequestException:
-                status = 0
-            with lock:
-                answers[str(status) if status in (401, 429) else "other"] += 1
-
-    threads = [threading.Thread(target=attacker, args=(n,), daemon=True) for n in range(FLOOD_THREADS)]
-    for thread in threads:
-        thread.start()
-    try:
+    with BadLoginFlood(lambda auth, client: get(server, auth, client)[0], HASHED[0], FLOOD_THREADS,
+                       REQUEST_TIMEOUT + 5) as attack:
         time.sleep(FLOOD_WARMUP)
         loaded = [logged_in() for _ in range(calls)]
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(timeout=REQUEST_TIMEOUT + 5)
+    answers = attack.answers
     return idle, loaded, answers
 
 

@@ -603,7 +603,6 @@ class Attackers:
             if opening:
                 s.sendall(opening)
             self.sockets.append(s)
-        self.closed_by_server = 0
         self.thread = threading.Thread(target=self._trickle, daemon=True) if trickle else None
         if self.thread:
             self.thread.start()
@@ -633,6 +632,55 @@ class Attackers:
         self.stop.set()
         for s in self.sockets:
             s.close()
+
+
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# Per protocol, two kinds of 100 slow connections each: (what each sends first, whether it then
+# trickles a byte every 2 s). HTTP/1: silent, and a request head that never ends; h2c: the
+# preface only, and a SETTINGS frame then the first bytes of a HEADERS frame.
+SLOW_OPENINGS = {
+    "HTTP/1": [(b"", False),
+               (b"GET /api/2.0/mlflow/experiments/search?max_results=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ", True)],
+    "h2c": [(_PREFACE, False), (_PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + b"\x00\x10\x00\x01", True)],
+}
+
+
+class BadLoginFlood:
+    """``threads`` threads sending bad logins, each from addresses of its own (``100.<64 + n>.0.x``
+    in ``X-Forwarded-For``), unknown names and ``hashed_name`` in turn, until the block ends.
+
+    ``send(auth, client)`` makes one request and returns its status; ``answers`` counts them
+    (401, 429, other: any other status, or an error).
+    """
+
+    def __init__(self, send, hashed_name: str, threads: int = 64, join_timeout: float = 60):
+        self.send, self.hashed_name, self.join_timeout = send, hashed_name, join_timeout
+        self.answers = {"401": 0, "429": 0, "other": 0}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._attack, args=(n,), daemon=True) for n in range(threads)]
+
+    def _attack(self, index: int) -> None:
+        i = 0
+        while not self._stop.is_set():
+            name = self.hashed_name if i % 2 else f"ghost-{i}"
+            try:
+                status = self.send((name, f"flood-{i}"), f"100.{64 + index}.0.{i % 200}")
+            except requests.RequestException:
+                status = 0
+            with self._lock:
+                self.answers[str(status) if status in (401, 429) else "other"] += 1
+            i += 1
+
+    def __enter__(self) -> BadLoginFlood:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.join_timeout)
 
 
 def wait_for_workers(pid: int, workers: int, timeout: float = 60) -> None:

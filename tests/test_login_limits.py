@@ -4,7 +4,6 @@ same in every worker, and bad logins cannot take more than a fixed share of the 
 
 from __future__ import annotations
 
-import threading
 import time
 
 import bcrypt
@@ -12,7 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, figure, gcs_server_config
-from tests.services import Server, start_together, wait_for_workers
+from tests.services import BadLoginFlood, Server, start_together, wait_for_workers
 
 pytestmark = pytest.mark.reliability
 
@@ -134,26 +133,10 @@ def test_a_hash_flood_from_64_addresses_leaves_logged_in_users_served(behind_pro
     """While 64 addresses send bad logins, the flood is turned away by the hash budget (429) and
     a logged-in user is served every time. How long that user waits, idle and under the flood,
     is bench/attacks.py's figure (docs/benchmarks.md)."""
-    stop = threading.Event()
-    sent = {"401": 0, "429": 0, "other": 0}
-
-    def flood(index: int):
-        i = 0
-        while not stop.is_set():
-            code = get(behind_proxy, (DAVE[0] if i % 2 else f"ghost-{i}", f"flood-{i}"), f"100.{64 + index}.0.{i % 200}")
-            sent[str(code) if code in (401, 429) else "other"] += 1
-            i += 1
-
-    threads = [threading.Thread(target=flood, args=(n,), daemon=True) for n in range(64)]
-    for t in threads:
-        t.start()
-    time.sleep(3)  # the flood has used its burst
-    try:
+    with BadLoginFlood(lambda auth, client: get(behind_proxy, auth, client), DAVE[0]) as flood:
+        time.sleep(3)  # the flood has used its burst
         served = [get(behind_proxy, ERIN, "100.100.0.1") for _ in range(30)]
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=60)
+    sent = flood.answers
     assert served == [200] * 30
     assert sent["other"] == 0 and sent["429"] > 0, sent
     # the budget: far fewer checks than requests (half a CPU over ~3.5 s is ~10 cost-12 checks)

@@ -12,13 +12,12 @@ import pytest
 import requests
 
 from tests.conftest import ALICE, figure, gcs_server_config
-from tests.services import Attackers, Server, wait_for_workers
+from tests.services import SLOW_OPENINGS, Attackers, Server, wait_for_workers
 from tests.test_auth import basic
 
 pytestmark = pytest.mark.reliability
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +52,16 @@ def under_attack(server: Server, openings: list[tuple[bytes, bool]], send) -> No
 
 
 def test_http1_slowloris_and_silent_connections(server):
-    partial = b"GET " + SEARCH.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
-    under_attack(server, [(b"", False), (partial, True)], lambda: http1(server))
+    under_attack(server, SLOW_OPENINGS["HTTP/1"], lambda: http1(server))
 
 
 def test_h2c_slow_and_silent_connections(server):
-    headers_start = PREFACE + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00" + b"\x00\x10\x00\x01"  # SETTINGS, then a HEADERS frame's first bytes
     def send():  # a new connection each time, as a front end opens more under load
         with httpx.Client(http1=False, http2=True, auth=ALICE, timeout=30) as h2c:
             r = h2c.get(server.url + SEARCH)
             assert r.status_code == 200 and r.http_version == "HTTP/2"
 
-    under_attack(server, [(PREFACE, False), (headers_start, True)], send)
+    under_attack(server, SLOW_OPENINGS["h2c"], send)
 
 
 def test_a_head_that_never_completes_is_closed(server):
