@@ -112,7 +112,10 @@ def sampled_rows(session, run_id: str, key: str, max_results: int, start_step, e
     hi = STEP_MAX if end_step is None else end_step
     params = {"run_id": run_id, "key": key, "k": max_results, "lo": lo, "hi": hi, "guess": True}
     rows = session.execute(_SAMPLE, params).all()
-    # No rows: an empty history, or a guess too large whose first position is past the end.
+    # A guessed n held exactly when the walk landed where it meant to and its last position,
+    # n - 1, holds the history's last step: a guess too small stops short of that step, one too
+    # large walks off the end. No rows: an empty history, or a guess too large whose first
+    # position is past the end.
     if not rows or (rows[0].guessed and not (_exact(rows) and rows[-1].step == rows[0].last)):
         rows = session.execute(_SAMPLE, {**params, "guess": False}).all()
     return rows if not rows or _exact(rows) else None
@@ -121,11 +124,7 @@ def sampled_rows(session, run_id: str, key: str, max_results: int, start_step, e
 def _exact(rows) -> bool:
     """Whether the walk landed where it meant to: every step found holds one point, and no two
     positions found the same step. By then each position's step starts at that position, so the
-    next walk started where it should.
-
-    With a guessed n, the walk's last position, n - 1, must then also hold the history's last
-    step: the guess was the number of points exactly (sampled_rows checks it). A guess too
-    small stops short of that step, one too large walks off the end."""
+    next walk started where it should."""
     return len(rows) == rows[0].wanted and not any(a.step == b.step for a, b in pairwise(rows))
 
 
