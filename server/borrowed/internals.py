@@ -507,9 +507,11 @@ ENTRIES: tuple[Entry, ...] = (
            Target("mlflow.utils.search_utils", "SearchUtils.translate_key_alias"),
            Target("mlflow.store.tracking.dbmodels.models", "SqlLatestMetric"))),
     Entry(CHART_SAMPLES, "speed", "server/borrowed/chart_samples.py",
-          "get-history-bulk-interval on PostgreSQL counts the points, walks the (run_uuid, key, step) index to "
-          "the positions where ntile's buckets start and reads those rows, instead of numbering and sorting "
-          "the whole history; a step holding several points keeps MLflow's query",
+          "get-history-bulk-interval on PostgreSQL takes the number of points from the first, second and last "
+          "step when the steps are evenly spaced (the walk checks it; otherwise it counts them), walks the "
+          "(run_uuid, key, step) index to the positions where ntile's buckets start and reads those rows, "
+          "instead of numbering and sorting the whole history; a step holding several points keeps MLflow's "
+          "query",
           (Target(SQL_TRACKING, "SqlAlchemyStore._sample_metric_history_single_run",
                   params=("self", "session", "run_id", "metric_key", "max_results", "start_step", "end_step"),
                   contains='value=row.value if not row.is_nan else float("nan"),'),
