@@ -137,6 +137,7 @@ def create_app(settings: config.Settings):
         # before the workers fork: a submitted job goes to the database, where every
         # instance's runner can take it (server/jobs/fleet.py)
         job_submit.install(job_runner.prepare_queue_folder(), MLFLOW_SERVER_JOB_LEASE_TTL.get())
+        job_runner.preload()
 
     # every experiment keeps its artifacts in this server's store, whichever way it is created
     experiment_guard.install(handlers._tracking_store, settings.default_artifact_root)

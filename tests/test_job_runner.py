@@ -13,7 +13,7 @@ from werkzeug.test import Client
 from server.gate.auth import BasicAuthMiddleware
 from server.gate.users import User
 from tests.conftest import gcs_server_config
-from tests.services import Server, process_tree, wait_for, web_processes
+from tests.services import Server, process_tree, run_app_probe, wait_for, web_processes
 from tests.test_auth import basic
 
 
@@ -66,6 +66,46 @@ def test_no_runner_when_job_execution_is_off(tmp_path, postgres, gcs):
         assert runner_processes(server) == []
     finally:
         server.stop()
+
+
+RUNNER_IMPORTS_PROBE = """
+import os, signal, threading
+import server.app as server_app
+from server.jobs import runner
+
+settings = load_settings()
+env = runner.runner_environment(settings.backend_store_uri, settings.default_artifact_root, "http://127.0.0.1:9",
+                                server_app.job_credential, os.getpid())
+read, write = os.pipe()
+pid = os.fork()  # as gunicorn's master forks the runner (server/jobs/runner.py, start)
+if pid == 0:
+    before = set(sys.modules)
+    os.environ.clear()
+    os.environ.update(env)
+
+    def report():  # once the runner is up and has polled the queue: what it imported, then stop it
+        os.write(write, json.dumps(sorted(set(sys.modules) - before)).encode())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Timer(3, report).start()
+    try:
+        runner._own_stores()
+        runner.run_fleet()
+    finally:
+        os._exit(0)
+os.close(write)
+imported = json.loads(os.read(read, 1 << 20) or b"null")
+os.waitpid(pid, 0)
+print(json.dumps({"imported": imported, "job_execution": settings.job_execution}))
+"""
+
+
+def test_the_runner_imports_nothing_the_master_has_not(tmp_path, postgres):
+    # What the forked runner imports lands in pages of its own; what the master imported before
+    # the fork it shares (server/jobs/runner.py, preload).
+    result = run_app_probe(RUNNER_IMPORTS_PROBE, postgres.create_database("runner_imports"), tmp_path)
+    assert result["job_execution"]
+    assert result["imported"] == []
 
 
 def _app(environ, start_response):

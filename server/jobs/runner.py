@@ -37,6 +37,7 @@ Configuration is MLflow's: ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false`` starts n
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -69,8 +70,22 @@ NOT_FOR_THE_RUNNER = frozenset({"MLFLOW_AUTH_USERS", "MLFLOW_AUTH_USERS_FILE", "
                                 "WSGI_AUTH_CREDENTIALS_FILE",
                                 # the web workers' pool sizes: SQLAlchemy refuses them with NullPool
                                 "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE", "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"})
+# What the runner imports that the web app does not: MLflow's job store (its import configures
+# SQLAlchemy's mappers), its job logging, huey (the periodic tasks' crontab), the SQL trace
+# roll-ups' task, our fleet. tests/test_job_runner.py checks the runner imports nothing else.
+RUNNER_MODULES = ("huey", "mlflow.server.jobs.logging_utils", "mlflow.store.jobs.sqlalchemy_store",
+                  "mlflow.store.jobs.sqlalchemy_workspace_store", "mlflow.store.db.trace_rollups",
+                  "mlflow.tracing.trace_rollup_service", "server.jobs.fleet", "server.jobs.periodic")
 _FORMATTER = JsonFormatter()
 _LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
+
+
+def preload() -> None:
+    """In gunicorn's master, before the fork: imports what only the runner runs, so the runner
+    shares those modules' pages with the master instead of importing them into pages of its
+    own (5 MB less of its own, measured)."""
+    for name in RUNNER_MODULES:
+        importlib.import_module(name)
 
 
 def internal_credential() -> tuple[str, str]:
