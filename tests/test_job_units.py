@@ -94,3 +94,14 @@ def test_every_job_kind_of_mlflow_has_a_policy_for_a_dead_runner():
 
     assert set(LOST_RUNNER) == set(utils._job_name_to_fn_fullname_map)
     assert RERUN_SAFE <= set(LOST_RUNNER)
+
+
+def test_a_runner_module_mlflow_moved_is_left_to_the_runner_with_a_warning(monkeypatch, caplog):
+    from server.jobs import runner
+
+    monkeypatch.setattr(runner, "RUNNER_MODULES", ("json", "mlflow.store.jobs.no_such_module"))
+    with caplog.at_level("WARNING", logger="server.job_runner"):
+        runner.preload()  # the server still starts: only a memory saving is lost
+    assert [r.getMessage() for r in caplog.records] == [
+        "not imported before the job runner's fork: mlflow.store.jobs.no_such_module "
+        "(No module named 'mlflow.store.jobs.no_such_module')"]
