@@ -69,7 +69,7 @@ def test_no_runner_when_job_execution_is_off(tmp_path, postgres, gcs):
 
 
 RUNNER_IMPORTS_PROBE = """
-import os, signal, threading
+import os, signal, threading, time, traceback
 import server.app as server_app
 from server.jobs import runner
 
@@ -83,20 +83,26 @@ if pid == 0:
     os.environ.clear()
     os.environ.update(env)
 
-    def report():  # once the runner is up and has polled the queue: what it imported, then stop it
+    def report():  # what the runner imported once up, then stop it
+        while not any(thread.name == "periodic" for thread in threading.enumerate()):
+            time.sleep(0.05)
+        time.sleep(2)  # the fleet's first polls and the periodic tasks' first turn
         os.write(write, json.dumps(sorted(set(sys.modules) - before)).encode())
         os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Timer(3, report).start()
+    threading.Thread(target=report, daemon=True).start()
     try:
         runner._own_stores()
         runner.run_fleet()
-    finally:
-        os._exit(0)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
 os.close(write)
 imported = json.loads(os.read(read, 1 << 20) or b"null")
-os.waitpid(pid, 0)
-print(json.dumps({"imported": imported, "job_execution": settings.job_execution}))
+_, status = os.waitpid(pid, 0)
+print(json.dumps({"imported": imported, "runner_exit": os.waitstatus_to_exitcode(status),
+                  "job_execution": settings.job_execution}))
 """
 
 
@@ -104,7 +110,7 @@ def test_the_runner_imports_nothing_the_master_has_not(tmp_path, postgres):
     # What the forked runner imports lands in pages of its own; what the master imported before
     # the fork it shares (server/jobs/runner.py, preload).
     result = run_app_probe(RUNNER_IMPORTS_PROBE, postgres.create_database("runner_imports"), tmp_path)
-    assert result["job_execution"]
+    assert result["job_execution"] and result["runner_exit"] == 0
     assert result["imported"] == []
 
 
