@@ -115,6 +115,7 @@ def run(pg, ours_db: str, dest: str, work, env: dict, cycles: int, window: float
         cold_samples: int = 3) -> dict:
     figures = ("rps", "rps_client", "cpu_ms", "batch_s", "search_s", "search_raw_s", "ui_s", "cold_s", "pss_mb", "procs")
     out = {side: {k: [] for k in figures} for side in SIDES}
+    out["ours"].update(master_own_mb=[], worker_own_mb=[], runner_own_mb=[])
     uri = database_uri(pg, ours_db)
     # migrate once and make the runs the floor writes to (it has no API to make them)
     s = start("ours", uri, dest, work, extra_env=env)
@@ -136,6 +137,11 @@ def run(pg, ours_db: str, dest: str, work, env: dict, cycles: int, window: float
             for side, server in servers.items():
                 out[side]["pss_mb"].append(idle_pss(server) if side != "floor" else floor_pss(server))
                 out[side]["procs"].append(len(server.pids()))
+                if side == "ours":
+                    roles = server.own_mb_by_role()
+                    out[side]["master_own_mb"] += roles["master"]
+                    out[side]["worker_own_mb"] += roles["workers"]
+                    out[side]["runner_own_mb"] += roles["job runner"]
             runs, exps = {}, {}
             for side, server in servers.items():
                 maker = servers["ours"] if side == "floor" else server
@@ -198,6 +204,9 @@ def table(out: dict) -> str:
         f"{o['cold_s'] / s['cold_s']:.2f} | {o['cold_s'] / f['cold_s']:.2f}x | <= 0.2 |",
         f"| idle PSS, whole process tree (MB) | {f['pss_mb']:.0f} | {o['pss_mb']:.0f} | {s['pss_mb']:.0f} | "
         f"{o['pss_mb'] / s['pss_mb']:.2f} | {o['pss_mb'] / f['pss_mb']:.1f}x | <= 0.1 |",
+        f"| ours at idle, each process's own memory (USS, MB; the rest of the PSS is the master's pages they share) | | "
+        f"master {o['master_own_mb']:.0f}, each worker {o['worker_own_mb']:.0f}, job runner {o['runner_own_mb']:.0f} "
+        "| | | | |",
         f"| processes at idle | {f['procs']:.0f} | {o['procs']:.0f} | {s['procs']:.0f} | | | |",
     ]
     return "\n".join(rows)

@@ -93,6 +93,21 @@ class Running:
     def pss_mb(self) -> float:
         return proc_kib(process_tree(self.proc.pid), "smaps_rollup", "Pss") / 1024
 
+    def own_mb_by_role(self) -> dict[str, list[float]]:
+        """Each process's own memory (USS: its private pages, MB) by its part in our server:
+        gunicorn's master, its web workers, and the job runner, which is forked into a process
+        group of its own (server/jobs/runner.py)."""
+        roles: dict[str, list[float]] = {"master": [], "workers": [], "job runner": []}
+        for pid in process_tree(self.proc.pid):
+            try:
+                runner = pid != self.proc.pid and os.getpgid(pid) == pid
+            except OSError:
+                continue  # a process that just exited
+            own = proc_kib([pid], "smaps_rollup", "Private_Clean") + proc_kib([pid], "smaps_rollup", "Private_Dirty")
+            role = "master" if pid == self.proc.pid else "job runner" if runner else "workers"
+            roles[role].append(own / 1024)
+        return roles
+
     def rss_mb(self) -> float:
         return proc_kib(process_tree(self.proc.pid), "status", "VmRSS") / 1024
 
