@@ -80,8 +80,6 @@ read, write = os.pipe()
 pid = os.fork()  # as gunicorn's master forks the runner (server/jobs/runner.py, start)
 if pid == 0:
     before = set(sys.modules)
-    os.environ.clear()
-    os.environ.update(env)
 
     def report():  # what the runner imported once up, then stop it
         while not any(thread.name == "periodic" for thread in threading.enumerate()):
@@ -92,12 +90,10 @@ if pid == 0:
 
     threading.Thread(target=report, daemon=True).start()
     try:
-        runner._own_stores()
-        runner.run_fleet()
+        runner.run_forked(env, "warning")  # leaves with os._exit(0) once stopped
     except BaseException:
         traceback.print_exc()
-        os._exit(1)
-    os._exit(0)
+    os._exit(1)
 os.close(write)
 imported = json.loads(os.read(read, 1 << 20) or b"null")
 _, status = os.waitpid(pid, 0)

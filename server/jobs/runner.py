@@ -83,7 +83,7 @@ _LEVEL = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 def preload() -> None:
     """In gunicorn's master, before the fork: imports what only the runner runs, so the runner
     shares those modules' pages with the master instead of importing them into pages of its
-    own (5 MB less of its own, measured)."""
+    own (15.7 instead of 22.5 MB of its own, measured)."""
     for name in RUNNER_MODULES:
         try:
             importlib.import_module(name)
@@ -167,10 +167,7 @@ def start(env: dict[str, str], log_level: str = "info", listeners=()) -> ForkedR
             for listener in listeners:
                 listener.close()  # the master's port is not the runner's
             time.sleep(START_DELAY_SECONDS)
-            os.environ.clear()
-            os.environ.update(env)  # what its jobs inherit: no user's password
-            _own_stores()
-            main(log_level)
+            run_forked(env, log_level)
         except Exception:
             log.exception("the job runner failed to start")
         finally:
@@ -178,6 +175,15 @@ def start(env: dict[str, str], log_level: str = "info", listeners=()) -> ForkedR
     log.info("MLflow job runner started (pid %d, forked from the server), job folder %s", pid,
              env.get(HUEY_STORAGE_PATH_ENV_VAR, "-"))
     return ForkedRunner(pid)
+
+
+def run_forked(env: dict[str, str], log_level: str) -> None:
+    """The runner's life in the process forked from the master: its own environment and stores,
+    then ``main``, which leaves with ``os._exit``."""
+    os.environ.clear()
+    os.environ.update(env)  # what its jobs inherit: no user's password
+    _own_stores()
+    main(log_level)
 
 
 def _own_stores() -> None:
