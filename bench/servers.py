@@ -97,14 +97,14 @@ class Running:
         """Each process's own memory (USS: its private pages, MB) by its part in our server:
         gunicorn's master, its web workers, and the job runner, which is forked into a process
         group of its own (server/jobs/runner.py)."""
+        master = self.proc.pid
         roles: dict[str, list[float]] = {"master": [], "workers": [], "job runner": []}
-        for pid in process_tree(self.proc.pid):
+        for pid in process_tree(master):
             try:
-                runner = pid != self.proc.pid and os.getpgid(pid) == pid
+                role = "master" if pid == master else "job runner" if os.getpgid(pid) == pid else "workers"
             except OSError:
                 continue  # a process that just exited
             own = proc_kib([pid], "smaps_rollup", "Private_Clean") + proc_kib([pid], "smaps_rollup", "Private_Dirty")
-            role = "master" if pid == self.proc.pid else "job runner" if runner else "workers"
             roles[role].append(own / 1024)
         return roles
 
